@@ -1,0 +1,2 @@
+//! tandem-perf: the load generator, the crash checker and benchmark scenarios.
+#![forbid(unsafe_code)]

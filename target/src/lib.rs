@@ -1,0 +1,4 @@
+//! tandem-target: the Tandem NVMe over Fabrics target. Transports (TCP) feed
+//! requests to subsystems and controllers; writes go through the HA write
+//! path (staging, mirror, flusher) to the backends.
+#![forbid(unsafe_code)]

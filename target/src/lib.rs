@@ -2,3 +2,11 @@
 //! requests to subsystems and controllers; writes go through the HA write
 //! path (staging, mirror, flusher) to the backends.
 #![forbid(unsafe_code)]
+pub mod backend;
+pub mod config;
+pub mod ctrl;
+pub mod ha;
+pub mod rpc;
+pub mod transport;
+pub mod serve;
+pub mod demo;

@@ -31,7 +31,14 @@ pub struct NvmeStatus {
 
 impl core::fmt::Debug for NvmeStatus {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{} (sct={:#x} sc={:#04x}{})", self.name(), self.sct, self.sc, if self.dnr { " dnr" } else { "" })
+        write!(
+            f,
+            "{} (sct={:#x} sc={:#04x}{})",
+            self.name(),
+            self.sct,
+            self.sc,
+            if self.dnr { " dnr" } else { "" }
+        )
     }
 }
 

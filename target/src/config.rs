@@ -1,0 +1,877 @@
+//! The node's TOML configuration: what a storage admin writes in
+//! `node-a.toml` and `tandem serve --config` reads.
+//!
+//! Parsing is two steps. serde (with `deny_unknown_fields`) checks the shape;
+//! then `validate` turns the raw strings into typed values (sizes, socket
+//! addresses, ANA states, NGUIDs) and checks the relations between fields
+//! (unique NSIDs and port ids, the controller ID range, ANA group ids, block
+//! sizes, NQN syntax). Every error names the field by its path, for example
+//! `subsystems[0].namespaces[1].size: expected a size like "1GiB"`, so an
+//! admin can fix a file without reading code. A `Config` that exists is valid.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tandem_nvmf::spec::fabrics::{DISCOVERY_NQN, NQN_BYTES_MAX};
+use tandem_nvmf::spec::log::AnaState;
+
+/// Largest ANA group id (ANAGRPMAX in Identify Controller); group ids in
+/// the config lie in 1..=ANA_GROUP_ID_MAX.
+pub const ANA_GROUP_ID_MAX: u32 = 32;
+/// Largest namespace id a subsystem may use (NN is the largest configured).
+/// Small so that the I/O path can index namespaces by NSID in a table.
+pub const NSID_MAX: u32 = 1024;
+/// Highest controller id usable by the dynamic model (FFF0h..FFFFh are reserved).
+pub const CNTLID_LIMIT: u16 = 0xFFEF;
+
+/// A configuration that cannot be used, with the path of the culprit field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {problem}")]
+    Field { path: String, problem: String },
+    #[error("line {line}, column {column} ({path}): {message}")]
+    Toml { line: usize, column: usize, path: String, message: String },
+    #[error("cannot read config {}: {source}", file.display())]
+    Read { file: PathBuf, source: std::io::Error },
+}
+
+fn field_error(path: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Field { path: path.into(), problem: problem.into() }
+}
+
+/// A fully validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub node: NodeConfig,
+    /// This node's listening ports.
+    pub ports: Vec<PortConfig>,
+    /// The partner's ports, listed by our discovery controller.
+    pub remote_ports: Vec<PortConfig>,
+    pub subsystems: Vec<SubsystemConfig>,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub cntlid_min: u16,
+    pub cntlid_max: u16,
+    pub cores: Vec<usize>,
+    pub poll: PollMode,
+    pub data_dir: Option<PathBuf>,
+    /// The control socket `tandem rpc` talks to; none if not configured.
+    pub rpc_socket: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Spin, then sleep when idle (SPDK's interrupt mode as the model).
+    Adaptive,
+    /// Never sleep.
+    Busy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Tcp,
+    Rdma,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortConfig {
+    /// NVMe-oF port id (PORTID), unique across the pair.
+    pub id: u16,
+    pub transport: TransportKind,
+    pub addr: SocketAddr,
+    /// ANA state per group id as seen through this port; groups not listed
+    /// are optimized.
+    pub ana: BTreeMap<u32, AnaState>,
+}
+
+impl PortConfig {
+    /// The configured initial ANA state of `group` on this port.
+    pub fn ana_state(&self, group: u32) -> AnaState {
+        self.ana.get(&group).copied().unwrap_or(AnaState::Optimized)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubsystemConfig {
+    pub nqn: String,
+    pub serial: String,
+    pub model: String,
+    pub allow_any_host: bool,
+    pub hosts: Vec<String>,
+    /// Whether to report a volatile write cache (hosts then send Flush).
+    pub volatile_write_cache: bool,
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+impl SubsystemConfig {
+    pub fn host_allowed(&self, hostnqn: &str) -> bool {
+        self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Ram,
+    File,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamespaceConfig {
+    pub nsid: u32,
+    pub ana_group: u32,
+    pub backend: BackendKind,
+    /// RAM size, or the size a new file is created with.
+    pub size_bytes: Option<u64>,
+    pub path: Option<PathBuf>,
+    pub block_size: u32,
+    pub nguid: [u8; 16],
+    pub uuid: [u8; 16],
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    pub mdts_bytes: u32,
+    pub in_capsule_data_bytes: u32,
+    pub queue_depth_max: u32,
+    pub io_queues_max: u32,
+    pub kato_default_ms: u32,
+    pub anatt_s: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            mdts_bytes: 131_072,
+            in_capsule_data_bytes: 8192,
+            queue_depth_max: 128,
+            io_queues_max: 8,
+            kato_default_ms: 120_000,
+            anatt_s: 10,
+        }
+    }
+}
+
+/// A commented example; `Config::parse(EXAMPLE)` succeeds (tested).
+pub const EXAMPLE: &str = r#"# Tandem node configuration. Every field is listed; optional ones say so.
+
+[node]
+name = "a"                      # node name, used in logs
+cntlid_min = 1                  # dynamic controller IDs come from [cntlid_min, cntlid_max];
+cntlid_max = 0x7fff             #   the two nodes of a pair must not overlap (max 0xffef)
+cores = [0]                     # one reactor per listed core
+poll = "adaptive"               # "adaptive" (spin, then sleep when idle) or "busy"
+# data_dir = "/var/lib/tandem/a" # optional: where the persistence domain lives
+# rpc_socket = "/run/tandem-a.sock" # optional: control socket for `tandem rpc`
+
+[[ports]]
+id = 1                          # NVMe-oF port id (PORTID in discovery), unique across the pair
+transport = "tcp"               # "tcp" or "rdma"
+addr = "127.0.0.1:4420"         # listen address (IP literal and port)
+ana = { 1 = "optimized" }       # ANA state of each group through this port: "optimized",
+                                #   "non-optimized", "inaccessible", "persistent-loss" or
+                                #   "change"; groups not listed are optimized
+
+[[remote_ports]]                # the partner's ports, listed by our discovery controller
+id = 2
+transport = "tcp"
+addr = "127.0.0.1:4421"
+
+[[subsystems]]
+nqn = "nqn.2026-11.io.tandem:demo"  # "nqn." prefix, at most 223 bytes
+serial = "TANDEM0001"           # serial number, at most 20 ASCII characters
+model = "Tandem"                # model number, at most 40 ASCII characters
+allow_any_host = true           # optional, default false: then only `hosts` may connect
+hosts = []                      # host NQNs allowed to connect
+volatile_write_cache = false    # optional: report a volatile write cache (hosts send Flush)
+
+[[subsystems.namespaces]]
+nsid = 1                        # namespace id, 1..=1024, unique in the subsystem
+ana_group = 1                   # ANA group id, 1..=32
+backend = "ram"                 # "ram" or "file"
+size = "64MiB"                  # ram size, or the size a new file is created with
+                                #   (bytes as an integer, or a string with KiB/MiB/GiB/TiB)
+# path = "/var/lib/tandem/ns1.img"  # file backend: the image file
+block_size = 4096               # 512 or 4096
+# nguid = "0123456789abcdef0123456789abcdef"      # optional: 32 hex digits
+# uuid = "01234567-89ab-cdef-0123-456789abcdef"   # optional
+#   stable defaults for both are derived from the subsystem NQN and the nsid,
+#   so the two nodes of a pair report the same identifiers
+
+[limits]                        # optional section; the defaults are shown
+mdts_bytes = 131072             # largest data transfer of one command (power of two >= 4096)
+in_capsule_data_bytes = 8192    # largest write data carried in the command capsule
+queue_depth_max = 128           # largest queue size a host may connect with (CAP.MQES + 1)
+io_queues_max = 8               # I/O queues granted per controller
+kato_default_ms = 120000        # keep-alive timeout of discovery controllers connected with KATO 0
+anatt_s = 10                    # ANA transition time reported to hosts (ANATT), 1..=255
+"#;
+
+// ---- raw shapes, as serde reads them ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+    #[serde(default)]
+    remote_ports: Vec<RawPort>,
+    #[serde(default)]
+    subsystems: Vec<RawSubsystem>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    cntlid_min: u32,
+    cntlid_max: u32,
+    cores: Vec<usize>,
+    #[serde(default = "default_poll")]
+    poll: PollMode,
+    data_dir: Option<PathBuf>,
+    rpc_socket: Option<PathBuf>,
+}
+
+fn default_poll() -> PollMode {
+    PollMode::Adaptive
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    id: u32,
+    transport: TransportKind,
+    addr: String,
+    #[serde(default)]
+    ana: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubsystem {
+    nqn: String,
+    serial: String,
+    model: String,
+    #[serde(default)]
+    allow_any_host: bool,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    volatile_write_cache: bool,
+    #[serde(default)]
+    namespaces: Vec<RawNamespace>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamespace {
+    nsid: u32,
+    ana_group: u32,
+    backend: BackendKind,
+    size: Option<toml::Value>,
+    path: Option<PathBuf>,
+    block_size: u32,
+    nguid: Option<String>,
+    uuid: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    mdts_bytes: u32,
+    in_capsule_data_bytes: u32,
+    queue_depth_max: u32,
+    io_queues_max: u32,
+    kato_default_ms: u32,
+    anatt_s: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let l = Limits::default();
+        RawLimits {
+            mdts_bytes: l.mdts_bytes,
+            in_capsule_data_bytes: l.in_capsule_data_bytes,
+            queue_depth_max: l.queue_depth_max,
+            io_queues_max: l.io_queues_max,
+            kato_default_ms: l.kato_default_ms,
+            anatt_s: u32::from(l.anatt_s),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        validate(raw)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
+        Config::parse(&text)
+    }
+}
+
+/// Turns a serde/TOML error into one naming the table path and key at the
+/// error's position: serde reports the offending key, but not the array
+/// indices, so they are recovered from the table headers before the error.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let offset = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map_or(0, |p| p + 1) + 1;
+    ConfigError::Toml { line, column, path: path_at(text, offset), message: e.message().trim().to_string() }
+}
+
+/// The dotted path (with array indices) of the key at byte `offset`.
+fn path_at(text: &str, offset: usize) -> String {
+    let mut table = String::new();
+    // Counts of array-of-tables headers, per full header name, reset when a
+    // parent array element starts.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut key = None;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let start = at;
+        at += line.len();
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            if start <= offset && offset < at {
+                table = render(&name, &counts, true);
+                break;
+            }
+            *counts.entry(name.clone()).or_insert(0) += 1;
+            let child = format!("{name}.");
+            counts.retain(|k, _| !k.starts_with(&child));
+            table = render(&name, &counts, false);
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        } else if start <= offset && offset < at {
+            key = t
+                .split('=')
+                .next()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty() && !k.starts_with('#'));
+            break;
+        }
+        if at > offset {
+            break;
+        }
+    }
+    match key {
+        Some(k) if table.is_empty() => k,
+        Some(k) => format!("{table}.{k}"),
+        None if table.is_empty() => "(top level)".to_string(),
+        None => table,
+    }
+}
+
+/// Renders `a.b` as `a[i].b[j]` from header counts; `pending` means the
+/// header of the element itself (the next index) is being pointed at.
+fn render(name: &str, counts: &BTreeMap<String, usize>, pending: bool) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let mut out = String::new();
+    for i in 0..parts.len() {
+        let full = parts[..=i].join(".");
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(parts[i]);
+        if let Some(&n) = counts.get(&full) {
+            let idx = if pending && i == parts.len() - 1 { n } else { n.saturating_sub(1) };
+            out.push_str(&format!("[{idx}]"));
+        } else if pending && i == parts.len() - 1 {
+            out.push_str("[0]");
+        }
+    }
+    out
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let n = raw.node;
+    if n.name.trim().is_empty() {
+        return Err(field_error("node.name", "must not be empty"));
+    }
+    if n.cntlid_min < 1 || n.cntlid_min > u32::from(CNTLID_LIMIT) {
+        return Err(field_error("node.cntlid_min", format!("must lie in 1..=0x{CNTLID_LIMIT:x}")));
+    }
+    if n.cntlid_max < 1 || n.cntlid_max > u32::from(CNTLID_LIMIT) {
+        return Err(field_error("node.cntlid_max", format!("must lie in 1..=0x{CNTLID_LIMIT:x}")));
+    }
+    if n.cntlid_max < n.cntlid_min {
+        return Err(field_error(
+            "node.cntlid_max",
+            "the controller id range [cntlid_min, cntlid_max] is empty",
+        ));
+    }
+    if n.cores.is_empty() {
+        return Err(field_error("node.cores", "list at least one core"));
+    }
+    let mut seen_cores = HashSet::new();
+    for (i, c) in n.cores.iter().enumerate() {
+        if !seen_cores.insert(*c) {
+            return Err(field_error(format!("node.cores[{i}]"), format!("core {c} is listed twice")));
+        }
+    }
+    if let Some(d) = &n.data_dir {
+        check_path(d, "node.data_dir")?;
+    }
+    if let Some(p) = &n.rpc_socket {
+        check_path(p, "node.rpc_socket")?;
+    }
+    let node = NodeConfig {
+        name: n.name,
+        cntlid_min: n.cntlid_min as u16,
+        cntlid_max: n.cntlid_max as u16,
+        cores: n.cores,
+        poll: n.poll,
+        data_dir: n.data_dir,
+        rpc_socket: n.rpc_socket,
+    };
+
+    let l = raw.limits;
+    if !l.mdts_bytes.is_power_of_two() || l.mdts_bytes < 4096 || l.mdts_bytes > (1 << 24) {
+        return Err(field_error("limits.mdts_bytes", "must be a power of two in 4096..=16777216"));
+    }
+    if l.in_capsule_data_bytes > l.mdts_bytes || l.in_capsule_data_bytes % 16 != 0 {
+        return Err(field_error(
+            "limits.in_capsule_data_bytes",
+            "must be a multiple of 16, at most mdts_bytes",
+        ));
+    }
+    if !(2..=65_536).contains(&l.queue_depth_max) {
+        return Err(field_error("limits.queue_depth_max", "must lie in 2..=65536"));
+    }
+    if !(1..=65_535).contains(&l.io_queues_max) {
+        return Err(field_error("limits.io_queues_max", "must lie in 1..=65535"));
+    }
+    if !(1..=255).contains(&l.anatt_s) {
+        return Err(field_error("limits.anatt_s", "must lie in 1..=255"));
+    }
+    let limits = Limits {
+        mdts_bytes: l.mdts_bytes,
+        in_capsule_data_bytes: l.in_capsule_data_bytes,
+        queue_depth_max: l.queue_depth_max,
+        io_queues_max: l.io_queues_max,
+        kato_default_ms: l.kato_default_ms,
+        anatt_s: l.anatt_s as u8,
+    };
+
+    if raw.ports.is_empty() {
+        return Err(field_error("ports", "list at least one port"));
+    }
+    let mut port_ids = HashSet::new();
+    let mut addrs = HashSet::new();
+    let ports = convert_ports(raw.ports, "ports", &mut port_ids, &mut addrs)?;
+    let remote_ports = convert_ports(raw.remote_ports, "remote_ports", &mut port_ids, &mut addrs)?;
+
+    let mut nqns = HashSet::new();
+    let mut subsystems = Vec::with_capacity(raw.subsystems.len());
+    for (si, s) in raw.subsystems.into_iter().enumerate() {
+        let p = format!("subsystems[{si}]");
+        check_nqn(&s.nqn, &format!("{p}.nqn"))?;
+        if s.nqn == DISCOVERY_NQN {
+            return Err(field_error(format!("{p}.nqn"), "the discovery NQN is reserved"));
+        }
+        if !nqns.insert(s.nqn.clone()) {
+            return Err(field_error(format!("{p}.nqn"), format!("subsystem {} is listed twice", s.nqn)));
+        }
+        check_ascii(&s.serial, 20, &format!("{p}.serial"))?;
+        check_ascii(&s.model, 40, &format!("{p}.model"))?;
+        for (hi, h) in s.hosts.iter().enumerate() {
+            check_nqn(h, &format!("{p}.hosts[{hi}]"))?;
+        }
+        if s.namespaces.is_empty() {
+            return Err(field_error(format!("{p}.namespaces"), "list at least one namespace"));
+        }
+        let mut nsids = HashSet::new();
+        let mut namespaces = Vec::with_capacity(s.namespaces.len());
+        for (ni, ns) in s.namespaces.into_iter().enumerate() {
+            let np = format!("{p}.namespaces[{ni}]");
+            namespaces.push(convert_namespace(ns, &np, &s.nqn, &mut nsids)?);
+        }
+        namespaces.sort_by_key(|n| n.nsid);
+        subsystems.push(SubsystemConfig {
+            nqn: s.nqn,
+            serial: s.serial,
+            model: s.model,
+            allow_any_host: s.allow_any_host,
+            hosts: s.hosts,
+            volatile_write_cache: s.volatile_write_cache,
+            namespaces,
+        });
+    }
+    Ok(Config { node, ports, remote_ports, subsystems, limits })
+}
+
+fn convert_ports(
+    raw: Vec<RawPort>,
+    what: &str,
+    ids: &mut HashSet<u16>,
+    addrs: &mut HashSet<SocketAddr>,
+) -> Result<Vec<PortConfig>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let path = format!("{what}[{i}]");
+        let id =
+            u16::try_from(p.id).map_err(|_| field_error(format!("{path}.id"), "must lie in 0..=65535"))?;
+        if !ids.insert(id) {
+            return Err(field_error(format!("{path}.id"), format!("port id {id} is used twice")));
+        }
+        let addr: SocketAddr = p.addr.parse().map_err(|_| {
+            field_error(
+                format!("{path}.addr"),
+                format!("expected an IP address and port like \"127.0.0.1:4420\", got {:?}", p.addr),
+            )
+        })?;
+        if !addrs.insert(addr) {
+            return Err(field_error(format!("{path}.addr"), format!("address {addr} is used twice")));
+        }
+        let mut ana = BTreeMap::new();
+        for (g, s) in p.ana {
+            let gp = format!("{path}.ana.{g}");
+            let group: u32 = g.parse().map_err(|_| field_error(&gp, "ANA group ids are integers"))?;
+            check_group(group, &gp)?;
+            let state = match s.as_str() {
+                "optimized" => AnaState::Optimized,
+                "non-optimized" => AnaState::NonOptimized,
+                "inaccessible" => AnaState::Inaccessible,
+                "persistent-loss" => AnaState::PersistentLoss,
+                "change" => AnaState::Change,
+                _ => {
+                    return Err(field_error(
+                        gp,
+                        format!("expected optimized, non-optimized, inaccessible, persistent-loss or change, got {s:?}"),
+                    ))
+                }
+            };
+            ana.insert(group, state);
+        }
+        out.push(PortConfig { id, transport: p.transport, addr, ana });
+    }
+    Ok(out)
+}
+
+fn convert_namespace(
+    ns: RawNamespace,
+    np: &str,
+    subnqn: &str,
+    nsids: &mut HashSet<u32>,
+) -> Result<NamespaceConfig, ConfigError> {
+    if ns.nsid == 0 || ns.nsid > NSID_MAX {
+        return Err(field_error(format!("{np}.nsid"), format!("must lie in 1..={NSID_MAX}")));
+    }
+    if !nsids.insert(ns.nsid) {
+        return Err(field_error(
+            format!("{np}.nsid"),
+            format!("nsid {} is used twice in this subsystem", ns.nsid),
+        ));
+    }
+    check_group(ns.ana_group, &format!("{np}.ana_group"))?;
+    if ns.block_size != 512 && ns.block_size != 4096 {
+        return Err(field_error(format!("{np}.block_size"), "must be 512 or 4096"));
+    }
+    let size_bytes = match &ns.size {
+        None => None,
+        Some(v) => {
+            let b = parse_size(v)
+                .ok_or_else(|| field_error(format!("{np}.size"), "expected a size like \"1GiB\""))?;
+            if b == 0 || b % u64::from(ns.block_size) != 0 {
+                return Err(field_error(format!("{np}.size"), "must be a non-zero multiple of block_size"));
+            }
+            Some(b)
+        }
+    };
+    match ns.backend {
+        BackendKind::Ram if size_bytes.is_none() => {
+            return Err(field_error(format!("{np}.size"), "a ram namespace needs a size"))
+        }
+        BackendKind::Ram if ns.path.is_some() => {
+            return Err(field_error(format!("{np}.path"), "a ram namespace has no path"))
+        }
+        BackendKind::File => match &ns.path {
+            None => return Err(field_error(format!("{np}.path"), "a file namespace needs a path")),
+            Some(p) => check_path(p, &format!("{np}.path"))?,
+        },
+        _ => {}
+    }
+    let nguid = match &ns.nguid {
+        Some(s) => {
+            parse_hex16(s).ok_or_else(|| field_error(format!("{np}.nguid"), "expected 32 hex digits"))?
+        }
+        None => derive_id(subnqn, ns.nsid, 0x4e47_5549),
+    };
+    let uuid = match &ns.uuid {
+        Some(s) if s.len() == 36 && [8, 13, 18, 23].iter().all(|&i| s.as_bytes()[i] == b'-') => {
+            parse_hex16(s).ok_or_else(|| {
+                field_error(format!("{np}.uuid"), "expected a UUID like 01234567-89ab-cdef-0123-456789abcdef")
+            })?
+        }
+        Some(_) => {
+            return Err(field_error(
+                format!("{np}.uuid"),
+                "expected a UUID like 01234567-89ab-cdef-0123-456789abcdef",
+            ))
+        }
+        None => {
+            let mut u = derive_id(subnqn, ns.nsid, 0x5555_4944);
+            // RFC 9562 version 8 (vendor-specific) and the RFC variant bits.
+            u[6] = (u[6] & 0x0f) | 0x80;
+            u[8] = (u[8] & 0x3f) | 0x80;
+            u
+        }
+    };
+    Ok(NamespaceConfig {
+        nsid: ns.nsid,
+        ana_group: ns.ana_group,
+        backend: ns.backend,
+        size_bytes,
+        path: ns.path,
+        block_size: ns.block_size,
+        nguid,
+        uuid,
+    })
+}
+
+fn check_group(group: u32, path: &str) -> Result<(), ConfigError> {
+    if group == 0 || group > ANA_GROUP_ID_MAX {
+        return Err(field_error(path, format!("ANA group ids lie in 1..={ANA_GROUP_ID_MAX}")));
+    }
+    Ok(())
+}
+
+fn check_path(p: &Path, path: &str) -> Result<(), ConfigError> {
+    if p.as_os_str().is_empty() {
+        return Err(field_error(path, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn check_ascii(s: &str, max: usize, path: &str) -> Result<(), ConfigError> {
+    if s.is_empty() || s.len() > max || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(field_error(path, format!("expected 1..={max} printable ASCII characters")));
+    }
+    Ok(())
+}
+
+/// NQN syntax (NVMe Base 2.0, 4.5): "nqn." then a yyyy-mm date, a dot, and
+/// the naming authority; at most 223 bytes of UTF-8.
+pub fn check_nqn(s: &str, path: &str) -> Result<(), ConfigError> {
+    let b = s.as_bytes();
+    let dated = b.len() > 12
+        && b.starts_with(b"nqn.")
+        && b[4..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..11].iter().all(u8::is_ascii_digit)
+        && b[11] == b'.';
+    if !dated {
+        return Err(field_error(
+            path,
+            format!("expected an NQN like \"nqn.2026-11.io.example:name\", got {s:?}"),
+        ));
+    }
+    if b.len() > NQN_BYTES_MAX || b.contains(&0) {
+        return Err(field_error(path, format!("an NQN has at most {NQN_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+/// Parses a size: an integer number of bytes, or a string of digits with an
+/// optional KiB/MiB/GiB/TiB (or B) suffix.
+fn parse_size(v: &toml::Value) -> Option<u64> {
+    match v {
+        toml::Value::Integer(i) => u64::try_from(*i).ok(),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(digits_end);
+            let n: u64 = num.parse().ok()?;
+            let mult: u64 = match unit.trim() {
+                "" | "B" => 1,
+                "KiB" => 1 << 10,
+                "MiB" => 1 << 20,
+                "GiB" => 1 << 30,
+                "TiB" => 1 << 40,
+                _ => return None,
+            };
+            n.checked_mul(mult)
+        }
+        _ => None,
+    }
+}
+
+fn parse_hex16(s: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        let d = |c: u8| (c as char).to_digit(16);
+        out[i] = (d(pair[0])? * 16 + d(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+/// A stable 16-byte identifier from the subsystem NQN and nsid, the same on
+/// both nodes of a pair (so multipath sees one namespace): four CRC32C
+/// values over the NQN and nsid with different seeds.
+fn derive_id(subnqn: &str, nsid: u32, salt: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_exact_mut(4).enumerate() {
+        let seed = salt.wrapping_add(i as u32).wrapping_mul(0x9E37_79B9);
+        let c = crc32c::crc32c_append(seed, subnqn.as_bytes());
+        let c = crc32c::crc32c_append(c, &nsid.to_le_bytes());
+        chunk.copy_from_slice(&c.to_be_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_text(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("config unexpectedly valid"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn example_parses() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.node.name, "a");
+        assert_eq!((c.node.cntlid_min, c.node.cntlid_max), (1, 0x7fff));
+        assert_eq!(c.node.poll, PollMode::Adaptive);
+        assert_eq!(c.ports[0].addr, "127.0.0.1:4420".parse().unwrap());
+        assert_eq!(c.ports[0].ana_state(1), AnaState::Optimized);
+        assert_eq!(c.remote_ports[0].id, 2);
+        let ns = &c.subsystems[0].namespaces[0];
+        assert_eq!((ns.nsid, ns.size_bytes, ns.block_size), (1, Some(64 << 20), 4096));
+        assert_eq!(c.limits, Limits::default());
+        assert!(c.subsystems[0].host_allowed("nqn.2014-08.org.nvmexpress:uuid:x"));
+    }
+
+    fn example_with(from: &str, to: &str) -> String {
+        assert!(EXAMPLE.contains(from), "{from}");
+        EXAMPLE.replacen(from, to, 1)
+    }
+
+    const SECOND_NS: &str = "\n[[subsystems.namespaces]]\nnsid = 2\nana_group = 2\nbackend = \"ram\"\nsize = \"1GiB\"\nblock_size = 512\n";
+
+    #[test]
+    fn bad_size_names_the_field_path() {
+        let text = format!("{EXAMPLE}{}", SECOND_NS.replace("\"1GiB\"", "\"lots\""));
+        assert_eq!(err_text(&text), "subsystems[0].namespaces[1].size: expected a size like \"1GiB\"");
+        let text = format!("{EXAMPLE}{}", SECOND_NS.replace("\"1GiB\"", "\"1000\""));
+        assert_eq!(
+            err_text(&text),
+            "subsystems[0].namespaces[1].size: must be a non-zero multiple of block_size"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_path() {
+        let text = format!("{EXAMPLE}{}colour = \"red\"\n", SECOND_NS);
+        let e = err_text(&text);
+        assert!(e.contains("subsystems[0].namespaces[1].colour"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        let e = err_text(&example_with("poll = \"adaptive\"", "poll = \"lazy\""));
+        assert!(e.contains("node.poll"), "{e}");
+    }
+
+    #[test]
+    fn relations_are_validated() {
+        let e = err_text(&format!("{EXAMPLE}{}", SECOND_NS.replace("nsid = 2", "nsid = 1")));
+        assert_eq!(e, "subsystems[0].namespaces[1].nsid: nsid 1 is used twice in this subsystem");
+        let e = err_text(&example_with("id = 2", "id = 1"));
+        assert_eq!(e, "remote_ports[0].id: port id 1 is used twice");
+        let e = err_text(&example_with("cntlid_max = 0x7fff", "cntlid_max = 0xfff0"));
+        assert!(e.starts_with("node.cntlid_max: must lie in 1..=0xffef"), "{e}");
+        let e = err_text(&example_with("cntlid_min = 1", "cntlid_min = 0"));
+        assert!(e.starts_with("node.cntlid_min"), "{e}");
+        let e = err_text(&example_with("cntlid_max = 0x7fff", "cntlid_max = 0"));
+        assert!(e.starts_with("node.cntlid_max"), "{e}");
+        let mut t = example_with("cntlid_min = 1", "cntlid_min = 100");
+        t = t.replacen("cntlid_max = 0x7fff", "cntlid_max = 99", 1);
+        assert_eq!(
+            err_text(&t),
+            "node.cntlid_max: the controller id range [cntlid_min, cntlid_max] is empty"
+        );
+        let e = err_text(&example_with("ana_group = 1 ", "ana_group = 33 "));
+        assert_eq!(e, "subsystems[0].namespaces[0].ana_group: ANA group ids lie in 1..=32");
+        let e = err_text(&example_with("ana = { 1 = \"optimized\" }", "ana = { 0 = \"optimized\" }"));
+        assert_eq!(e, "ports[0].ana.0: ANA group ids lie in 1..=32");
+        let e = err_text(&example_with("ana = { 1 = \"optimized\" }", "ana = { 1 = \"great\" }"));
+        assert!(e.starts_with("ports[0].ana.1: expected optimized"), "{e}");
+        let e = err_text(&example_with("block_size = 4096", "block_size = 1024"));
+        assert_eq!(e, "subsystems[0].namespaces[0].block_size: must be 512 or 4096");
+        let e = err_text(&example_with("nqn = \"nqn.2026-11.io.tandem:demo\"", "nqn = \"iqn.bad\""));
+        assert!(e.starts_with("subsystems[0].nqn: expected an NQN"), "{e}");
+        let long = format!("nqn = \"nqn.2026-11.io.tandem:{}\"", "x".repeat(220));
+        let e = err_text(&example_with("nqn = \"nqn.2026-11.io.tandem:demo\"", &long));
+        assert!(e.starts_with("subsystems[0].nqn: an NQN has at most 223 bytes"), "{e}");
+        let e = err_text(&example_with("hosts = []", "hosts = [\"host\"]"));
+        assert!(e.starts_with("subsystems[0].hosts[0]: expected an NQN"), "{e}");
+        let e = err_text(&example_with("addr = \"127.0.0.1:4421\"", "addr = \"127.0.0.1:4420\""));
+        assert_eq!(e, "remote_ports[0].addr: address 127.0.0.1:4420 is used twice");
+        let e = err_text(&example_with("addr = \"127.0.0.1:4420\"", "addr = \"localhost\""));
+        assert!(e.starts_with("ports[0].addr: expected an IP address"), "{e}");
+        let e = err_text(&example_with("backend = \"ram\"", "backend = \"file\""));
+        assert_eq!(e, "subsystems[0].namespaces[0].path: a file namespace needs a path");
+        let e = err_text(&example_with("# path = \"/var/lib/tandem/ns1.img\"", "path = \"\""));
+        assert_eq!(e, "subsystems[0].namespaces[0].path: a ram namespace has no path");
+        let e = err_text(&example_with("mdts_bytes = 131072", "mdts_bytes = 100000"));
+        assert!(e.starts_with("limits.mdts_bytes"), "{e}");
+        let e = err_text(&example_with("queue_depth_max = 128", "queue_depth_max = 1"));
+        assert!(e.starts_with("limits.queue_depth_max"), "{e}");
+        let e = err_text(&example_with("serial = \"TANDEM0001\"", "serial = \"TANDEM0001TANDEM0001X\""));
+        assert!(e.starts_with("subsystems[0].serial"), "{e}");
+        let e = err_text(&example_with("cores = [0]", "cores = []"));
+        assert!(e.starts_with("node.cores"), "{e}");
+        let e = err_text(&example_with("# nguid = \"0123456789abcdef0123456789abcdef\"", "nguid = \"xyz\""));
+        assert_eq!(e, "subsystems[0].namespaces[0].nguid: expected 32 hex digits");
+    }
+
+    #[test]
+    fn identifiers_are_stable_and_parse() {
+        let a = Config::parse(EXAMPLE).unwrap();
+        let b = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(a.subsystems[0].namespaces[0].nguid, b.subsystems[0].namespaces[0].nguid);
+        assert_ne!(a.subsystems[0].namespaces[0].nguid, [0; 16]);
+        assert_eq!(a.subsystems[0].namespaces[0].uuid[6] >> 4, 8, "UUID version 8");
+        let t = example_with(
+            "# uuid = \"01234567-89ab-cdef-0123-456789abcdef\"",
+            "uuid = \"01234567-89ab-cdef-0123-456789abcdef\"",
+        );
+        let c = Config::parse(&t).unwrap();
+        assert_eq!(c.subsystems[0].namespaces[0].uuid[..4], [0x01, 0x23, 0x45, 0x67]);
+        assert_eq!(parse_size(&toml::Value::Integer(4096)), Some(4096));
+        assert_eq!(parse_size(&toml::Value::String("2TiB".into())), Some(2 << 40));
+        assert_eq!(parse_size(&toml::Value::String("2GB".into())), None);
+        assert_eq!(parse_size(&toml::Value::Integer(-1)), None);
+    }
+
+    #[test]
+    fn load_reports_a_missing_file() {
+        let e = Config::load(Path::new("/nonexistent/tandem.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+    }
+}

@@ -1,0 +1,393 @@
+//! High availability. This part is the first store: the persistent staging
+//! log of one node and its flusher. A host write is staged in the ring (and,
+//! in a later layer, mirrored to the partner) before it is acknowledged; the
+//! flusher writes it to the medium in order and releases it.
+//!
+//! [`StagingLog`] is the facade the transport and the controllers call. There
+//! is one per staging ring, and one ring per medium (backend): the flusher
+//! writes every record of the ring to that one backend, so a node serving
+//! several media keeps one ring region per medium. The log owns the ring, the
+//! read-your-writes index and the flusher; the backend is passed in on each
+//! call because the read path shares it.
+//!
+//! Order of a write: `reserve` -> the transport receives into `data_mut` ->
+//! `commit` -> once the commit outcome says the sequence is durable the
+//! command may complete (after the mirror too, when there is one). The
+//! reactor calls `poll_flusher` and routes backend completions whose tag has
+//! [`FLUSHER_TAG_BIT`] to `on_backend_completion`; the log releases records as
+//! the medium makes them durable.
+//!
+//! Invariants: every record <= `released_seq` is durable on the medium; every
+//! durable record > `released_seq` is in the index (unless cancelled or
+//! replaced by a newer write) and its bytes stay in the ring.
+
+pub mod flusher;
+pub mod index;
+pub mod recovery;
+pub mod ring;
+
+#[cfg(test)]
+mod tests;
+
+pub use flusher::{Flusher, FlusherConfig, FlusherError, FlusherEvent, FlusherStats, FLUSHER_TAG_BIT};
+pub use index::{StagedExtent, StagingIndex};
+pub use recovery::{open_ring, RecoveryError, ScanReport, StopReason};
+pub use ring::{CommitOutcome, RecordInfo, Reservation, ReserveError, Ring, RingConfig, RingError};
+
+use crate::backend::{Backend, BackendCompletion};
+use std::ops::Range;
+use tandem_env::persist::PersistentRegion;
+
+/// Errors of the staging log.
+#[derive(thiserror::Error, Debug)]
+pub enum StagingError {
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error(transparent)]
+    Flusher(#[from] FlusherError),
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+    #[error(
+        "drain did not finish by {deadline_ms} ms: released through {released_seq} of {target_seq} \
+         (write failures pending: {failures_pending})"
+    )]
+    DrainDeadline { deadline_ms: u64, released_seq: u64, target_seq: u64, failures_pending: bool },
+    #[error("read buffer of {buf_bytes} bytes cannot hold lbas {lbas:?} at {block_bytes} bytes per block")]
+    ReadBufferTooSmall { buf_bytes: usize, lbas: Range<u64>, block_bytes: u32 },
+}
+
+/// Counters for stats and the drain-rate display.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StagingStats {
+    /// Durable records not yet released.
+    pub staged_records: u64,
+    /// Ring bytes held by unreleased records.
+    pub staged_bytes: u64,
+    pub free_bytes: u64,
+    pub records_committed: u64,
+    pub bytes_committed: u64,
+    /// Reservations refused for lack of space (back-pressure events).
+    pub ring_full: u64,
+    pub flusher: FlusherStats,
+}
+
+/// What `recover` found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub scan: ScanReport,
+    /// Records written to the medium and released by the replay.
+    pub replayed_records: u64,
+    pub replayed_bytes: u64,
+    pub torn_tail: bool,
+    pub stale_tail: bool,
+    pub released_seq: u64,
+}
+
+/// How `drain_all` waits: the clock, what to do when idle, and the deadline.
+/// Tests pass a counter clock and a no-op; the binary the monotonic clock and
+/// a short sleep (or an epoll on the backend's wake fd).
+pub struct DrainWait<C: FnMut() -> u64, W: FnMut()> {
+    pub now_ms: C,
+    pub idle: W,
+    pub deadline_ms: u64,
+}
+
+/// See the module docs.
+pub struct StagingLog<R: PersistentRegion> {
+    ring: Ring<R>,
+    index: StagingIndex,
+    flusher: Flusher,
+    records_committed: u64,
+    bytes_committed: u64,
+    ring_full: u64,
+    /// Reused by `drain_all`: preallocated to the flusher's batch count.
+    completions: Vec<BackendCompletion>,
+}
+
+impl<R: PersistentRegion> StagingLog<R> {
+    /// Formats `region` as a new, empty staging ring.
+    pub fn format(
+        region: R,
+        ring_config: &RingConfig,
+        flusher_config: FlusherConfig,
+    ) -> Result<Self, StagingError> {
+        let ring = Ring::format(region, ring_config)?;
+        StagingLog::assemble(ring, flusher_config)
+    }
+
+    /// Opens an existing ring and rebuilds the index from the staged records,
+    /// without replaying them (see `recover`).
+    pub fn open(
+        region: R,
+        epoch_at_least: u64,
+        flusher_config: FlusherConfig,
+    ) -> Result<(Self, ScanReport), StagingError> {
+        let (ring, scan) = open_ring(region, epoch_at_least)?;
+        Ok((StagingLog::assemble(ring, flusher_config)?, scan))
+    }
+
+    /// Opens a ring after a crash, replays every staged record to `backend`
+    /// in order, makes it durable and releases it. The caller opens its ports
+    /// afterwards. `foreign` receives completions of other users of the backend.
+    pub fn recover<B: Backend, C: FnMut() -> u64, W: FnMut()>(
+        region: R,
+        epoch_at_least: u64,
+        flusher_config: FlusherConfig,
+        backend: &mut B,
+        wait: DrainWait<C, W>,
+        foreign: &mut Vec<BackendCompletion>,
+    ) -> Result<(Self, RecoveryReport), StagingError> {
+        let (mut log, scan) = StagingLog::open(region, epoch_at_least, flusher_config)?;
+        let before = log.flusher.stats();
+        log.drain_all(backend, wait, foreign)?;
+        let after = log.flusher.stats();
+        let report = RecoveryReport {
+            scan,
+            replayed_records: after.records_durable - before.records_durable,
+            replayed_bytes: after.bytes_durable - before.bytes_durable,
+            torn_tail: scan.torn_tail,
+            stale_tail: scan.stale_tail,
+            released_seq: log.ring.released_seq(),
+        };
+        tracing::info!(?report, "staging log recovered");
+        Ok((log, report))
+    }
+
+    fn assemble(mut ring: Ring<R>, flusher_config: FlusherConfig) -> Result<Self, StagingError> {
+        ring.set_record_data_bytes_max(flusher_config.batch_bytes_max);
+        let flusher = Flusher::new(flusher_config, ring.released_seq())?;
+        let mut index = StagingIndex::new();
+        for info in ring.staged_records() {
+            index_insert(&mut index, &info);
+        }
+        Ok(StagingLog {
+            ring,
+            index,
+            flusher,
+            records_committed: 0,
+            bytes_committed: 0,
+            ring_full: 0,
+            completions: Vec::with_capacity(flusher_config.batches_max + 1),
+        })
+    }
+
+    pub fn ring(&self) -> &Ring<R> {
+        &self.ring
+    }
+    pub fn released_seq(&self) -> u64 {
+        self.ring.released_seq()
+    }
+    /// Every record <= this is durable in the staging ring (may be acknowledged).
+    pub fn durable_seq(&self) -> u64 {
+        self.ring.durable_seq()
+    }
+    pub fn epoch(&self) -> u64 {
+        self.ring.epoch()
+    }
+    /// Gives the region back (tests: crash and reopen).
+    pub fn into_region(self) -> R {
+        self.ring.into_region()
+    }
+
+    /// Reserves a record; `RingFull` means park the command and retry after
+    /// the flusher released space.
+    pub fn reserve(&mut self, data_len: usize) -> Result<Reservation, ReserveError> {
+        let result = self.ring.reserve(data_len);
+        if matches!(result, Err(ReserveError::RingFull { .. })) {
+            self.ring_full += 1;
+        }
+        result
+    }
+
+    /// Where the transport receives the write's data.
+    pub fn data_mut(&mut self, reservation: &Reservation) -> &mut [u8] {
+        self.ring.data_mut(reservation)
+    }
+
+    /// Commits a reservation whose data is in place (`nlb` blocks from `slba`;
+    /// the data length is a whole number of blocks, as the controller computed
+    /// it). Records that became durable enter the read index.
+    pub fn commit(&mut self, reservation: Reservation, nsid: u32, slba: u64, nlb: u32) -> CommitOutcome {
+        assert!(
+            nlb > 0 && reservation.data_len().is_multiple_of(nlb as usize),
+            "record length is not nlb whole blocks"
+        );
+        self.records_committed += 1;
+        self.bytes_committed += reservation.data_len() as u64;
+        let outcome = self.ring.commit(reservation, nsid, slba, nlb);
+        self.index_durable(&outcome);
+        outcome
+    }
+
+    /// Abandons a reservation (the command failed before its data arrived).
+    pub fn cancel(&mut self, reservation: Reservation) -> CommitOutcome {
+        let outcome = self.ring.cancel(reservation);
+        self.index_durable(&outcome);
+        outcome
+    }
+
+    /// Reserve, copy and commit in one call (data from a buffer, e.g. in-capsule).
+    pub fn stage(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        nlb: u32,
+        data: &[u8],
+    ) -> Result<CommitOutcome, ReserveError> {
+        let reservation = self.reserve(data.len())?;
+        self.data_mut(&reservation).copy_from_slice(data);
+        Ok(self.commit(reservation, nsid, slba, nlb))
+    }
+
+    fn index_durable(&mut self, outcome: &CommitOutcome) {
+        for seq in outcome.newly_durable.clone() {
+            if let Some(info) = self.ring.record(seq) {
+                index_insert(&mut self.index, &info);
+            }
+        }
+    }
+
+    /// The staged pieces of [slba, slba+nlb) of `nsid`, newest data only, in
+    /// LBA order, each with its bytes in the ring.
+    pub fn staged_overlaps(
+        &self,
+        nsid: u32,
+        slba: u64,
+        nlb: u32,
+    ) -> impl Iterator<Item = (Range<u64>, &[u8])> + '_ {
+        let bytes = self.ring.region().bytes();
+        self.index.overlaps(nsid, slba, nlb).map(move |extent| {
+            let data = &bytes[extent.data_offset..extent.data_offset + extent.byte_len()];
+            (extent.lbas, data)
+        })
+    }
+
+    /// Overlays staged data on `out`, which holds what the medium returned for
+    /// [slba, slba+nlb) at `block_bytes` per block. Returns the blocks replaced.
+    pub fn read_overlay(
+        &self,
+        nsid: u32,
+        slba: u64,
+        nlb: u32,
+        block_bytes: u32,
+        out: &mut [u8],
+    ) -> Result<u64, StagingError> {
+        let mut blocks = 0;
+        for (lbas, data) in self.staged_overlaps(nsid, slba, nlb) {
+            let at = (lbas.start - slba) as usize * block_bytes as usize;
+            let Some(target) = out.get_mut(at..at + data.len()) else {
+                return Err(StagingError::ReadBufferTooSmall { buf_bytes: out.len(), lbas, block_bytes });
+            };
+            target.copy_from_slice(data);
+            blocks += lbas.end - lbas.start;
+        }
+        Ok(blocks)
+    }
+
+    /// Lets the flusher batch and submit work. Returns operations submitted.
+    pub fn poll_flusher<B: Backend>(&mut self, backend: &mut B, now_ms: u64) -> usize {
+        let submitted = self.flusher.poll(&self.ring, backend, now_ms);
+        self.release_durable();
+        submitted
+    }
+
+    /// Consumes a backend completion of the flusher and releases what became
+    /// durable. A completion that is not the flusher's is handed back.
+    pub fn on_backend_completion<B: Backend>(
+        &mut self,
+        backend: &B,
+        completion: BackendCompletion,
+        now_ms: u64,
+    ) -> Option<BackendCompletion> {
+        if completion.tag & FLUSHER_TAG_BIT == 0 {
+            return Some(completion);
+        }
+        self.flusher.on_completion(completion, backend.writes_are_durable(), now_ms);
+        self.release_durable();
+        None
+    }
+
+    fn release_durable(&mut self) {
+        let Some(through) = self.flusher.take_durable_through() else { return };
+        for seq in self.ring.released_seq() + 1..=through {
+            if let Some(info) = self.ring.record(seq) {
+                if !info.cancelled {
+                    self.index.remove_record(info.nsid, info.slba, info.nlb, seq);
+                }
+            }
+        }
+        self.ring.release_through(through);
+    }
+
+    /// The next flusher event (write failures for the partner, corruption).
+    pub fn take_event(&mut self) -> Option<FlusherEvent> {
+        self.flusher.take_event()
+    }
+
+    /// Writes every record durable now to the medium, makes it durable and
+    /// releases it (NVMe Flush on a volatile domain, failover, recovery).
+    /// Returns the sequence released through. Completions of other users of
+    /// the backend go to `foreign`.
+    pub fn drain_all<B: Backend, C: FnMut() -> u64, W: FnMut()>(
+        &mut self,
+        backend: &mut B,
+        mut wait: DrainWait<C, W>,
+        foreign: &mut Vec<BackendCompletion>,
+    ) -> Result<u64, StagingError> {
+        let target_seq = self.ring.durable_seq();
+        let mut completions = std::mem::take(&mut self.completions);
+        let result = loop {
+            if self.ring.released_seq() >= target_seq {
+                break Ok(target_seq);
+            }
+            let now_ms = (wait.now_ms)();
+            if now_ms > wait.deadline_ms {
+                break Err(StagingError::DrainDeadline {
+                    deadline_ms: wait.deadline_ms,
+                    released_seq: self.ring.released_seq(),
+                    target_seq,
+                    failures_pending: self.flusher.has_failures(),
+                });
+            }
+            let submitted = self.poll_flusher(backend, now_ms);
+            completions.clear();
+            let completed = backend.poll_completions(&mut completions);
+            for completion in completions.drain(..) {
+                if let Some(other) = self.on_backend_completion(backend, completion, now_ms) {
+                    foreign.push(other);
+                }
+            }
+            if submitted == 0 && completed == 0 {
+                (wait.idle)();
+            }
+        };
+        self.completions = completions;
+        result
+    }
+
+    /// Starts a new epoch; only when nothing is staged.
+    pub fn begin_epoch(&mut self, epoch: u64) -> Result<(), StagingError> {
+        Ok(self.ring.begin_epoch(epoch)?)
+    }
+
+    pub fn stats(&self) -> StagingStats {
+        StagingStats {
+            staged_records: self.ring.durable_seq() - self.ring.released_seq(),
+            staged_bytes: self.ring.used_bytes(),
+            free_bytes: self.ring.free_bytes(),
+            records_committed: self.records_committed,
+            bytes_committed: self.bytes_committed,
+            ring_full: self.ring_full,
+            flusher: self.flusher.stats(),
+        }
+    }
+}
+
+fn index_insert(index: &mut StagingIndex, info: &RecordInfo) {
+    if !info.cancelled {
+        let block_bytes = (info.data_len / info.nlb as usize) as u32;
+        index.insert(info.nsid, info.slba, info.nlb, info.seq, info.data_offset, block_bytes);
+    }
+}

@@ -1,0 +1,423 @@
+//! `tandem serve`: builds a node from its config and runs it until SIGTERM.
+//!
+//! Start-up order: open every namespace's backend (their sizes feed the
+//! controller layer), build the shared `TargetState`, bind every port (a port
+//! in use is an error naming the port), start one reactor per configured
+//! core, then the control socket. Reactor 0 accepts connections and hands
+//! them round-robin to the reactors; each reactor owns a `PollGroup` with its
+//! own handles on the backends. SIGTERM or SIGINT stops the reactors, which
+//! close their connections, and the process exits 0.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+use tandem_env::reactor::{
+    self, PollMode as ReactorPollMode, PollStatus, ReactorApp, ReactorConfig, ReactorContext,
+};
+use tandem_env::{BufferPool, ReactorHandle};
+use tandem_nvmf::spec::log::AnaState;
+use tracing::{info, warn};
+
+use crate::backend::{Backend, FileBackend, RamBackend};
+use crate::config::{BackendKind, Config, NamespaceConfig, PollMode};
+use crate::ctrl::{NamespaceGeometry, TargetState};
+use crate::rpc::{self, RpcHandler, RpcServer};
+use crate::transport::tcp::{PollGroup, TransportLimits};
+
+/// Connections one reactor serves at most.
+const CONNECTIONS_PER_REACTOR_MAX: usize = 256;
+/// Receive buffer per connection.
+const RECV_BUFFER_BYTES: usize = 64 * 1024;
+/// How often each reactor checks keep-alive and asynchronous events.
+const TICK_INTERVAL_MS: u64 = 20;
+
+const TOKEN_LISTENER: u64 = 1 << 40;
+const TOKEN_BACKEND: u64 = 1 << 41;
+
+/// Messages between reactors.
+pub enum NodeMessage {
+    /// A connection accepted by reactor 0 for this reactor.
+    Connection { stream: TcpStream, port_id: u16 },
+}
+
+/// One opened namespace medium, from which each reactor takes its handle.
+enum Medium {
+    Ram(RamBackend),
+    File { config: NamespaceConfig, queue_depth_max: usize },
+}
+
+impl Medium {
+    fn open(
+        ns: &NamespaceConfig,
+        queue_depth_max: usize,
+        field: &str,
+    ) -> anyhow::Result<(Medium, NamespaceGeometry)> {
+        match ns.backend {
+            BackendKind::Ram => {
+                let size =
+                    ns.size_bytes.ok_or_else(|| anyhow!("{field}.size: a ram namespace needs a size"))?;
+                let blocks = size / u64::from(ns.block_size);
+                let ram = RamBackend::new(ns.block_size, blocks).map_err(|e| anyhow!("{field}: {e}"))?;
+                let geometry = NamespaceGeometry { block_size_bytes: ns.block_size, block_count: blocks };
+                Ok((Medium::Ram(ram), geometry))
+            }
+            BackendKind::File => {
+                let path =
+                    ns.path.as_ref().ok_or_else(|| anyhow!("{field}.path: a file namespace needs a path"))?;
+                if let Some(dir) = path.parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("{field}.path: cannot create {}", dir.display()))?;
+                    }
+                }
+                let probe = FileBackend::open(path, ns.block_size, ns.size_bytes, queue_depth_max)
+                    .map_err(|e| anyhow!("{field}.path: {e}"))?;
+                let geometry = NamespaceGeometry {
+                    block_size_bytes: probe.block_size(),
+                    block_count: probe.num_blocks(),
+                };
+                Ok((Medium::File { config: ns.clone(), queue_depth_max }, geometry))
+            }
+        }
+    }
+
+    /// A handle for one reactor.
+    fn handle(&self) -> anyhow::Result<Box<dyn Backend>> {
+        match self {
+            Medium::Ram(r) => Ok(Box::new(r.clone())),
+            Medium::File { config, queue_depth_max } => {
+                let path = config.path.as_deref().ok_or_else(|| anyhow!("file namespace without a path"))?;
+                let f = FileBackend::open(path, config.block_size, config.size_bytes, *queue_depth_max)
+                    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                Ok(Box::new(f))
+            }
+        }
+    }
+}
+
+/// The application each reactor runs.
+struct NodeApp {
+    group: PollGroup,
+    /// Reactor 0 only: listening sockets and the other reactors' mailboxes.
+    listeners: Vec<(TcpListener, u16)>,
+    peers: Vec<ReactorHandle<NodeMessage>>,
+    next_peer: usize,
+    scratch: Vec<(usize, std::os::fd::RawFd, bool)>,
+}
+
+impl NodeApp {
+    fn adopt(&mut self, stream: TcpStream, port_id: u16, ctx: &mut ReactorContext) {
+        if let Some((slot, fd)) = self.group.add_connection(stream, port_id) {
+            if let Err(e) = ctx.register_fd(fd, reactor::Readiness::READABLE, slot as u64) {
+                warn!(error = %e, "cannot watch a connection's socket");
+            }
+        }
+    }
+
+    fn accept(&mut self, ctx: &mut ReactorContext) -> bool {
+        let mut busy = false;
+        for i in 0..self.listeners.len() {
+            loop {
+                let (listener, port_id) = &self.listeners[i];
+                let port_id = *port_id;
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        busy = true;
+                        // Round-robin over this reactor and its peers.
+                        let n = self.peers.len() + 1;
+                        let target = self.next_peer % n;
+                        self.next_peer = self.next_peer.wrapping_add(1);
+                        if target == 0 {
+                            self.adopt(stream, port_id, ctx);
+                        } else if let Err(NodeMessage::Connection { stream, port_id }) =
+                            self.peers[target - 1].try_send(NodeMessage::Connection { stream, port_id })
+                        {
+                            self.adopt(stream, port_id, ctx);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        break;
+                    }
+                }
+            }
+        }
+        busy
+    }
+}
+
+impl ReactorApp for NodeApp {
+    type Message = NodeMessage;
+
+    fn on_start(&mut self, ctx: &mut ReactorContext) {
+        for (i, (l, _)) in self.listeners.iter().enumerate() {
+            if let Err(e) =
+                ctx.register_fd(l.as_raw_fd(), reactor::Readiness::READABLE, TOKEN_LISTENER | i as u64)
+            {
+                warn!(error = %e, "cannot watch a listening socket");
+            }
+        }
+        for (i, fd) in self.group.backend_wake_fds().into_iter().enumerate() {
+            if let Err(e) = ctx.register_fd(fd, reactor::Readiness::READABLE, TOKEN_BACKEND | i as u64) {
+                warn!(error = %e, "cannot watch a backend's completion fd");
+            }
+        }
+        if let Err(e) = ctx
+            .add_timer(Duration::from_millis(TICK_INTERVAL_MS), Some(Duration::from_millis(TICK_INTERVAL_MS)))
+        {
+            warn!(error = %e, "cannot start the keep-alive timer");
+        }
+    }
+
+    fn poll(&mut self, ctx: &mut ReactorContext) -> PollStatus {
+        let mut busy = self.accept(ctx);
+        busy |= self.group.poll();
+        self.scratch.clear();
+        self.group.write_interest_changes(&mut self.scratch);
+        for &(slot, fd, want_write) in &self.scratch {
+            let interest = if want_write { reactor::Readiness::BOTH } else { reactor::Readiness::READABLE };
+            let _ = ctx.modify_fd(fd, interest, slot as u64);
+        }
+        if busy || self.group.has_unwakeable_work() {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+
+    fn on_message(&mut self, message: NodeMessage, ctx: &mut ReactorContext) {
+        match message {
+            NodeMessage::Connection { stream, port_id } => self.adopt(stream, port_id, ctx),
+        }
+    }
+
+    fn on_timer(&mut self, _id: reactor::TimerId, _ctx: &mut ReactorContext) {
+        self.group.tick();
+    }
+}
+
+impl Drop for NodeApp {
+    fn drop(&mut self) {
+        self.group.close_all();
+    }
+}
+
+/// Answers `tandem rpc` for a running node.
+struct NodeRpc {
+    target: Arc<TargetState>,
+    config: Config,
+}
+
+fn parse_ana_state(s: &str) -> Result<AnaState, String> {
+    match s {
+        "optimized" => Ok(AnaState::Optimized),
+        "non-optimized" => Ok(AnaState::NonOptimized),
+        "inaccessible" => Ok(AnaState::Inaccessible),
+        "persistent-loss" => Ok(AnaState::PersistentLoss),
+        "change" => Ok(AnaState::Change),
+        other => Err(format!(
+            "params.state: {other:?} is not one of optimized, non-optimized, inaccessible, persistent-loss, change"
+        )),
+    }
+}
+
+impl RpcHandler for NodeRpc {
+    fn handle(&self, method: &str, params: &Value) -> Result<Value, String> {
+        match method {
+            "ana_set" => {
+                let group = rpc::param_u64(params, "group")?;
+                let group = u32::try_from(group).map_err(|_| "params.group: out of range".to_string())?;
+                let state = parse_ana_state(rpc::param_str(params, "state")?)?;
+                let port = match params.get("port") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(
+                        v.as_u64()
+                            .and_then(|p| u16::try_from(p).ok())
+                            .ok_or_else(|| "params.port: expected a port id".to_string())?,
+                    ),
+                };
+                if let Some(p) = port {
+                    if self.target.port(p).is_none() {
+                        return Err(format!("params.port: no local port {p}"));
+                    }
+                }
+                if !self.target.set_ana_state(port, group, state) {
+                    return Err(format!("params.group: no ANA group {group} on this node"));
+                }
+                info!(?port, group, ?state, "ANA state changed by rpc");
+                Ok(json!({ "port": port, "group": group, "state": rpc::param_str(params, "state")? }))
+            }
+            "status" => {
+                let ports: Vec<Value> = self
+                    .target
+                    .ports()
+                    .iter()
+                    .map(|p| {
+                        let groups: Vec<Value> = (1..=crate::config::ANA_GROUP_ID_MAX)
+                            .filter(|g| {
+                                self.config
+                                    .subsystems
+                                    .iter()
+                                    .flat_map(|s| &s.namespaces)
+                                    .any(|n| n.ana_group == *g)
+                            })
+                            .map(|g| json!({ "group": g, "state": format!("{:?}", p.ana_state(g)) }))
+                            .collect();
+                        json!({ "id": p.id, "addr": p.addr.to_string(), "ana": groups })
+                    })
+                    .collect();
+                let controllers: Vec<Value> = self
+                    .target
+                    .live_controllers()
+                    .iter()
+                    .map(|c| json!({ "cntlid": c.cntlid(), "hostnqn": c.hostnqn(), "subnqn": c.subsystem().nqn }))
+                    .collect();
+                Ok(json!({
+                    "node": self.target.node_name,
+                    "ports": ports,
+                    "controllers": controllers,
+                    "ana_changes": self.target.ana_change_count(),
+                }))
+            }
+            other => Err(format!("method: unknown method {other:?} (known: ana_set, status)")),
+        }
+    }
+}
+
+/// Runs the node described by `config` until SIGTERM or SIGINT.
+pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
+    let mode = match poll_override {
+        None => config.node.poll,
+        Some("busy") => PollMode::Busy,
+        Some("adaptive") => PollMode::Adaptive,
+        Some(other) => bail!("--poll: {other:?} is not busy or adaptive"),
+    };
+    let limits = config.limits.clone();
+    let queue_depth_max = limits.queue_depth_max as usize;
+
+    // Media first: the controller layer needs their sizes.
+    let mut media: Vec<Vec<Medium>> = Vec::new();
+    let mut geometries = Vec::new();
+    for (si, s) in config.subsystems.iter().enumerate() {
+        let mut list = Vec::new();
+        for (ni, ns) in s.namespaces.iter().enumerate() {
+            let field = format!("subsystems[{si}].namespaces[{ni}]");
+            let (m, g) = Medium::open(ns, queue_depth_max * 2, &field)?;
+            info!(subsystem = %s.nqn, nsid = ns.nsid, blocks = g.block_count, block_size = g.block_size_bytes, backend = ?ns.backend, "namespace ready");
+            geometries.push((s.nqn.clone(), ns.nsid, g));
+            list.push(m);
+        }
+        media.push(list);
+    }
+    let target = TargetState::new(&config, |nqn, nsid| {
+        geometries.iter().find(|(n, id, _)| n == nqn && *id == nsid).map(|(_, _, g)| *g)
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    // The transport indexes backends by the controller layer's subsystem order.
+    let order: Vec<usize> = target
+        .nvm_subsystems()
+        .iter()
+        .map(|s| {
+            config.subsystems.iter().position(|c| c.nqn == s.nqn).ok_or_else(|| anyhow!("subsystem order"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let mut listeners = Vec::new();
+    for (i, p) in config.ports.iter().enumerate() {
+        let l = TcpListener::bind(p.addr)
+            .with_context(|| format!("ports[{i}].addr: cannot listen on {}", p.addr))?;
+        l.set_nonblocking(true)?;
+        info!(port = p.id, addr = %p.addr, "listening (nvme/tcp)");
+        listeners.push((l, p.id));
+    }
+
+    let transport_limits = TransportLimits {
+        mdts_bytes: limits.mdts_bytes as usize,
+        in_capsule_bytes: limits.in_capsule_data_bytes as usize,
+        queue_depth_max,
+        maxh2cdata_bytes: limits.mdts_bytes.max(4096),
+        recv_buffer_bytes: RECV_BUFFER_BYTES,
+    };
+    let chunk_bytes = (limits.mdts_bytes as usize).max(8192);
+    let reactors = config.node.cores.len();
+    let mut handles = Vec::new();
+    let mut joins = Vec::new();
+    // Reactors 1.. first, so reactor 0 can be given their mailboxes.
+    for (i, &core) in config.node.cores.iter().enumerate().rev() {
+        let mut backends = Vec::new();
+        for &si in &order {
+            backends.push(media[si].iter().map(Medium::handle).collect::<anyhow::Result<Vec<_>>>()?);
+        }
+        let pool = BufferPool::new(&format!("reactor{i}"), chunk_bytes, queue_depth_max * 16)
+            .map_err(|e| anyhow!("buffer pool: {e}"))?;
+        let group =
+            PollGroup::new(target.clone(), transport_limits, backends, pool, CONNECTIONS_PER_REACTOR_MAX);
+        let my_listeners = if i == 0 { std::mem::take(&mut listeners) } else { Vec::new() };
+        let peers = if i == 0 { handles.clone() } else { Vec::new() };
+        let cfg = ReactorConfig {
+            name: format!("reactor{i}"),
+            core: if reactors > 1 || core != 0 { Some(core) } else { None },
+            mode: match mode {
+                PollMode::Busy => ReactorPollMode::Busy,
+                PollMode::Adaptive => ReactorPollMode::Adaptive,
+            },
+            ..ReactorConfig::default()
+        };
+        let (handle, join) = reactor::spawn(cfg, move || NodeApp {
+            group,
+            listeners: my_listeners,
+            peers,
+            next_peer: 0,
+            scratch: Vec::with_capacity(64),
+        })
+        .map_err(|e| anyhow!("reactor {i}: {e}"))?;
+        handles.push(handle);
+        joins.push(join);
+    }
+    info!(node = %config.node.name, reactors, poll = ?mode, "node serving");
+
+    let _rpc = match &config.node.rpc_socket {
+        Some(path) => Some(
+            RpcServer::start(path, Arc::new(NodeRpc { target: target.clone(), config: config.clone() }))
+                .with_context(|| format!("node.rpc_socket: cannot listen on {}", path.display()))?,
+        ),
+        None => None,
+    };
+
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+            .context("cannot install signal handlers")?;
+    // Wait for a signal or for a reactor to end on its own (an error).
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            info!(signal = sig, "shutting down");
+            break;
+        }
+        if joins.iter().any(|j| j.is_finished()) {
+            warn!("a reactor stopped; shutting down");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for h in &handles {
+        h.request_stop();
+    }
+    let mut failed = None;
+    for j in joins {
+        match j.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(anyhow!("reactor failed: {e}")),
+            Err(_) => failed = Some(anyhow!("a reactor panicked")),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    info!("stopped");
+    Ok(())
+}

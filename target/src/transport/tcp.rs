@@ -1,0 +1,1138 @@
+//! The NVMe/TCP transport: one poll group per reactor owns its connections,
+//! their requests and the reactor's handles on the namespaces' backends.
+//!
+//! A connection moves through `Phase`: ICReq/ICResp, then a Fabrics Connect
+//! that makes it an admin or an I/O queue of a controller. Each command is a
+//! `Request` whose `ReqState` is advanced by one `process` step at a time:
+//! capsule received -> (data from the host: in capsule, or R2T + H2CData) ->
+//! executing (controller for admin, backend for I/O) -> response queued ->
+//! freed when the response has left the socket. A command completes exactly
+//! once: the only ways out of `Executing` are a backend completion or the
+//! connection's end, and a freed slot must be in `Responding` (or the
+//! connection closing), which `free_request` asserts.
+//!
+//! Bad input never panics: a malformed PDU gets a C2HTermReq and the
+//! connection is closed; a bad command gets its NVMe status; the other
+//! connections are untouched. Nothing on the I/O path allocates: requests,
+//! buffers (a `BufferPool` chunk per command) and send queues are
+//! preallocated per connection.
+
+use std::collections::VecDeque;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tandem_env::{BufferPool, DmaBuf};
+use tandem_nvmf::spec::sqe::SGL_ID_DATA_BLOCK_OFFSET;
+use tandem_nvmf::spec::{Cqe, NvmeStatus, Sqe};
+use tandem_nvmf::tcp::{
+    fes, C2HData, Framing, IcReq, IcResp, PduHeader, PduReceiver, ReceiveLimits, RecvEvent, RecvState, Role,
+    TcpError, TermReq, R2T,
+};
+use tracing::{debug, info, warn};
+
+use super::sendq::{OutData, RequestData, SendQueue};
+use super::sockbuf::RecvBuffer;
+use crate::backend::{Backend, BackendCompletion, BackendOp};
+use crate::ctrl::{AdminOutcome, Controller, DataLocation, IoCommand, IoKind, TargetState};
+use tandem_nvmf::spec::nvm::{DsmRange, DSM_RANGE_BYTES};
+
+/// Transport limits, from the config's `[limits]`.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportLimits {
+    /// The largest data transfer of one command (MDTS in bytes).
+    pub mdts_bytes: usize,
+    /// In-capsule data the target accepts on I/O queues (IOCCSZ - 64).
+    pub in_capsule_bytes: usize,
+    /// Commands a queue may have outstanding.
+    pub queue_depth_max: usize,
+    /// MAXH2CDATA offered in ICResp.
+    pub maxh2cdata_bytes: u32,
+    /// Receive buffer per connection.
+    pub recv_buffer_bytes: usize,
+}
+
+/// Admin and Fabrics commands may carry up to 8 KiB in capsule (NVMe/TCP 1.0,
+/// 3.3.2: the admin queue's in-capsule data size).
+const ADMIN_IN_CAPSULE_BYTES: usize = 8192;
+/// Request slots beyond the queue depth: parked Asynchronous Event Requests.
+const AER_SLOTS: usize = 8;
+const FABRICS_OPCODE: u8 = 0x7f;
+const FCTYPE_CONNECT: u8 = 0x01;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReqState {
+    Free,
+    /// In-capsule data is arriving.
+    ReceivingCapsuleData,
+    /// R2T sent; H2CData PDUs are arriving.
+    ReceivingH2CData,
+    /// Waiting for a backend queue slot.
+    WaitingForBackend,
+    /// Submitted to the backend.
+    Executing,
+    /// An Asynchronous Event Request held until an event.
+    Parked,
+    /// Response queued; freed when it has been written.
+    Responding,
+}
+
+struct Request {
+    state: ReqState,
+    sqe: Sqe,
+    io: Option<IoCommand>,
+    buf: Option<DmaBuf>,
+    /// Bytes of data the command moves from the host.
+    data_len: usize,
+    /// Bytes of that data received so far.
+    received: usize,
+    /// Backend operations still outstanding (DSM may issue several).
+    ops_pending: u32,
+    status: NvmeStatus,
+}
+
+impl Request {
+    fn new() -> Request {
+        Request {
+            state: ReqState::Free,
+            sqe: Sqe::default(),
+            io: None,
+            buf: None,
+            data_len: 0,
+            received: 0,
+            ops_pending: 0,
+            status: NvmeStatus::SUCCESS,
+        }
+    }
+}
+
+struct Requests(Vec<Request>);
+
+impl RequestData for Requests {
+    fn request_bytes(&self, req: u16) -> &[u8] {
+        match self.0.get(req as usize).and_then(|r| r.buf.as_deref()) {
+            Some(b) => b,
+            None => &[],
+        }
+    }
+}
+
+enum Phase {
+    AwaitIcReq,
+    AwaitConnect,
+    Admin(Arc<Controller>),
+    Io(Arc<Controller>),
+}
+
+/// Where the data of the PDU being received goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DataSink {
+    /// No PDU data is pending.
+    Nothing,
+    /// Into request `req`'s buffer at `offset`.
+    Request { req: u16, offset: usize },
+    /// Read and dropped (a command that already failed).
+    Discard,
+}
+
+struct Connection {
+    stream: TcpStream,
+    peer: String,
+    gen: u16,
+    port_id: u16,
+    /// Index of the connected subsystem in `TargetState::nvm_subsystems`.
+    subsystem_index: usize,
+    phase: Phase,
+    rx: PduReceiver,
+    recv_buffer: RecvBuffer,
+    framing: Framing,
+    sink: DataSink,
+    /// The capsule command whose data the current PDU carries.
+    capsule_req: Option<u16>,
+    reqs: Requests,
+    free_reqs: Vec<u16>,
+    sendq: SendQueue,
+    sq_head: u16,
+    sq_size: u16,
+    qid: u16,
+    closing: bool,
+    /// Whether the reactor watches this socket for writability (responses
+    /// are waiting for room in the socket).
+    write_interest: bool,
+}
+
+/// Counters of one poll group.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct TransportStats {
+    pub connections_accepted: u64,
+    pub connections_closed: u64,
+    pub commands: u64,
+    pub term_reqs_sent: u64,
+    pub backend_busy: u64,
+}
+
+/// One reactor's share of the transport.
+pub struct PollGroup {
+    target: Arc<TargetState>,
+    limits: TransportLimits,
+    /// This reactor's backend of each namespace: `backends[subsystem][ns_index]`,
+    /// in the order of `TargetState::nvm_subsystems` and their namespaces.
+    backends: Vec<Vec<Box<dyn Backend>>>,
+    pool: BufferPool,
+    conns: Vec<Option<Connection>>,
+    gens: Vec<u16>,
+    completions: Vec<BackendCompletion>,
+    /// Requests waiting for a backend slot, in arrival order.
+    backend_waiters: VecDeque<(u16, u16, u16)>,
+    freed: Vec<u16>,
+    pub stats: TransportStats,
+}
+
+/// Backend tags: connection slot, its generation, request index.
+fn make_tag(slot: usize, gen: u16, req: u16) -> u64 {
+    ((slot as u64) << 32) | (u64::from(gen) << 16) | u64::from(req)
+}
+
+fn split_tag(tag: u64) -> (usize, u16, u16) {
+    (((tag >> 32) & 0xffff) as usize, ((tag >> 16) & 0xffff) as u16, (tag & 0xffff) as u16)
+}
+
+/// Why a connection must close.
+#[derive(Debug)]
+enum Close {
+    /// The peer went away or the socket failed.
+    Gone(String),
+    /// A protocol error: send a C2HTermReq with this FES/FEI first.
+    Fatal { term: TermReq, reason: String },
+}
+
+impl From<TcpError> for Close {
+    fn from(e: TcpError) -> Close {
+        match e.term_req() {
+            Some(term) => Close::Fatal { term, reason: e.to_string() },
+            None => Close::Gone(e.to_string()),
+        }
+    }
+}
+
+impl PollGroup {
+    pub fn new(
+        target: Arc<TargetState>,
+        limits: TransportLimits,
+        backends: Vec<Vec<Box<dyn Backend>>>,
+        pool: BufferPool,
+        connections_max: usize,
+    ) -> PollGroup {
+        PollGroup {
+            target,
+            limits,
+            backends,
+            pool,
+            conns: (0..connections_max).map(|_| None).collect(),
+            gens: vec![0; connections_max],
+            completions: Vec::with_capacity(256),
+            backend_waiters: VecDeque::with_capacity(1024),
+            freed: Vec::with_capacity(256),
+            stats: TransportStats::default(),
+        }
+    }
+
+    /// Sockets whose need to be watched for writability changed since the
+    /// last call: `(slot, fd, want_write)`.
+    pub fn write_interest_changes(&mut self, out: &mut Vec<(usize, RawFd, bool)>) {
+        for (slot, c) in self.conns.iter_mut().enumerate() {
+            let Some(c) = c.as_mut() else { continue };
+            let want = !c.sendq.is_empty();
+            if want != c.write_interest {
+                c.write_interest = want;
+                out.push((slot, c.stream.as_raw_fd(), want));
+            }
+        }
+    }
+
+    /// The backends' completion fds, to watch while sleeping.
+    pub fn backend_wake_fds(&self) -> Vec<RawFd> {
+        self.backends.iter().flatten().filter_map(|b| b.wake_fd()).collect()
+    }
+
+    /// Whether some backend completes without a wake fd (it must be polled,
+    /// so the reactor may not sleep while it has work in flight).
+    pub fn has_unwakeable_work(&self) -> bool {
+        self.backends.iter().flatten().any(|b| b.wake_fd().is_none() && b.in_flight() > 0)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.iter().filter(|c| c.is_some()).count()
+    }
+
+    /// Takes a newly accepted connection arriving on port `port_id`; returns
+    /// its slot and fd for the reactor to watch, or None if it was refused.
+    pub fn add_connection(&mut self, stream: TcpStream, port_id: u16) -> Option<(usize, RawFd)> {
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let Some(slot) = self.conns.iter().position(|c| c.is_none()) else {
+            warn!(%peer, "connection refused: the poll group's connection table is full");
+            let _ = stream.shutdown(Shutdown::Both);
+            return None;
+        };
+        if let Err(e) = stream.set_nonblocking(true).and_then(|_| stream.set_nodelay(true)) {
+            warn!(%peer, error = %e, "connection dropped: socket setup failed");
+            return None;
+        }
+        let fd = stream.as_raw_fd();
+        let reqs_max = self.limits.queue_depth_max + AER_SLOTS;
+        self.gens[slot] = self.gens[slot].wrapping_add(1);
+        let pdu_len_max = (self.limits.in_capsule_bytes.max(ADMIN_IN_CAPSULE_BYTES) as u32)
+            .max(self.limits.maxh2cdata_bytes)
+            + 512;
+        let mut rx_limits = ReceiveLimits::new(Role::Target, pdu_len_max);
+        rx_limits.maxh2cdata = self.limits.maxh2cdata_bytes;
+        debug!(%peer, slot, "connection accepted");
+        self.stats.connections_accepted += 1;
+        self.conns[slot] = Some(Connection {
+            stream,
+            peer,
+            gen: self.gens[slot],
+            port_id,
+            subsystem_index: 0,
+            phase: Phase::AwaitIcReq,
+            rx: PduReceiver::new(rx_limits),
+            recv_buffer: RecvBuffer::new(self.limits.recv_buffer_bytes),
+            framing: Framing::default(),
+            sink: DataSink::Nothing,
+            capsule_req: None,
+            reqs: Requests((0..reqs_max).map(|_| Request::new()).collect()),
+            free_reqs: (0..reqs_max as u16).rev().collect(),
+            sendq: SendQueue::with_capacity(reqs_max * 3),
+            sq_head: 0,
+            sq_size: reqs_max as u16,
+            qid: 0,
+            closing: false,
+            write_interest: false,
+        });
+        Some((slot, fd))
+    }
+
+    /// One pass over every connection and backend. Returns true if anything
+    /// happened (the reactor stays awake).
+    pub fn poll(&mut self) -> bool {
+        let mut busy = false;
+        busy |= self.poll_backends();
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].is_none() {
+                continue;
+            }
+            let result = self.poll_connection(slot, &mut busy);
+            if let Err(close) = result {
+                self.close_connection(slot, close);
+                busy = true;
+            }
+        }
+        busy |= self.retry_backend_waiters();
+        for b in self.backends.iter_mut().flatten() {
+            b.kick();
+        }
+        busy
+    }
+
+    /// Periodic work: keep-alive expiry, asynchronous events.
+    pub fn tick(&mut self) {
+        let now = now_ms();
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else { continue };
+            let ctrl = match &conn.phase {
+                Phase::Admin(c) | Phase::Io(c) => c.clone(),
+                _ => continue,
+            };
+            if ctrl.is_expired(now) {
+                if matches!(conn.phase, Phase::Admin(_)) {
+                    warn!(cntlid = ctrl.cntlid(), peer = %conn.peer, "keep-alive timeout: association torn down");
+                }
+                self.close_connection(slot, Close::Gone("keep-alive timeout".into()));
+                continue;
+            }
+            if matches!(conn.phase, Phase::Admin(_)) && ctrl.async_event_ready() {
+                while let Some(cqe) = ctrl.take_async_event() {
+                    let cid = cqe.cid();
+                    let parked =
+                        conn.reqs.0.iter().position(|r| r.state == ReqState::Parked && r.sqe.cid() == cid);
+                    let Some(idx) = parked else {
+                        warn!(cid, "async event for a request that is not parked here");
+                        continue;
+                    };
+                    respond_cqe(conn, idx as u16, cqe);
+                }
+            }
+        }
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&mut self) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].is_some() {
+                self.close_connection(slot, Close::Gone("target shutting down".into()));
+            }
+        }
+    }
+
+    fn poll_backends(&mut self) -> bool {
+        let mut busy = false;
+        for s in 0..self.backends.len() {
+            for i in 0..self.backends[s].len() {
+                let mut out = std::mem::take(&mut self.completions);
+                let n = self.backends[s][i].poll_completions(&mut out);
+                for c in out.drain(..) {
+                    self.on_backend_completion(c);
+                }
+                self.completions = out;
+                busy |= n > 0;
+            }
+        }
+        busy
+    }
+
+    fn on_backend_completion(&mut self, c: BackendCompletion) {
+        let (slot, gen, req_idx) = split_tag(c.tag);
+        let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else { return };
+        if conn.gen != gen {
+            return; // The connection this I/O belonged to is gone; the buffer returns to the pool.
+        }
+        let Some(req) = conn.reqs.0.get_mut(req_idx as usize) else { return };
+        if req.state != ReqState::Executing {
+            return;
+        }
+        if let Some(buf) = c.buf {
+            req.buf = Some(buf);
+        }
+        if let Err(e) = &c.result {
+            let is_read = matches!(req.io.map(|io| io.kind), Some(IoKind::Read));
+            warn!(error = %e, cid = req.sqe.cid(), "backend operation failed");
+            req.status = if is_read { NvmeStatus::UNRECOVERED_READ_ERROR } else { NvmeStatus::WRITE_FAULT };
+        }
+        req.ops_pending = req.ops_pending.saturating_sub(1);
+        if req.ops_pending > 0 {
+            return;
+        }
+        let status = req.status;
+        let data_to_host = match req.io {
+            Some(io) if io.kind == IoKind::Read && status.is_success() => io.data_bytes as usize,
+            _ => 0,
+        };
+        respond(conn, req_idx, status, 0, data_to_host);
+    }
+
+    fn retry_backend_waiters(&mut self) -> bool {
+        let mut busy = false;
+        for _ in 0..self.backend_waiters.len() {
+            let Some((slot, gen, req)) = self.backend_waiters.pop_front() else { break };
+            let live =
+                matches!(self.conns.get(slot as usize).and_then(|c| c.as_ref()), Some(c) if c.gen == gen);
+            if !live {
+                continue;
+            }
+            if !self.submit_io(slot as usize, req) {
+                self.backend_waiters.push_back((slot, gen, req));
+                break;
+            }
+            busy = true;
+        }
+        busy
+    }
+
+    fn poll_connection(&mut self, slot: usize, busy: &mut bool) -> Result<(), Close> {
+        // Send first: responses free requests and buffers for what arrives.
+        self.flush_connection(slot)?;
+        // A budget keeps one busy connection from starving the others.
+        for _ in 0..64 {
+            let progressed = self.receive_step(slot)?;
+            if !progressed {
+                break;
+            }
+            *busy = true;
+        }
+        self.flush_connection(slot)?;
+        Ok(())
+    }
+
+    fn flush_connection(&mut self, slot: usize) -> Result<(), Close> {
+        let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
+        if conn.sendq.is_empty() {
+            return Ok(());
+        }
+        self.freed.clear();
+        let res = conn.sendq.flush(&mut conn.stream, &conn.reqs, &mut self.freed);
+        for i in 0..self.freed.len() {
+            let r = self.freed[i];
+            free_request(conn, r);
+        }
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Close::Gone(format!("send failed: {e}"))),
+        }
+    }
+
+    /// Advances the receiver by one event or one data chunk. Returns whether
+    /// anything was consumed.
+    fn receive_step(&mut self, slot: usize) -> Result<bool, Close> {
+        let Some(conn) = self.conns[slot].as_mut() else { return Ok(false) };
+        if conn.closing {
+            return Ok(false);
+        }
+        match conn.rx.state() {
+            RecvState::Padding | RecvState::Data => {
+                let mut reader = conn.recv_buffer.reader(&mut conn.stream);
+                match conn.sink {
+                    DataSink::Request { req, offset } => {
+                        let r = &mut conn.reqs.0[req as usize];
+                        let Some(buf) = r.buf.as_deref_mut() else {
+                            return Err(Close::Gone("internal: data sink without a buffer".into()));
+                        };
+                        let want = conn.rx.data_remaining();
+                        let end = offset + want;
+                        if end > buf.len() {
+                            return Err(Close::Fatal {
+                                term: TermReq { fes: fes::DATA_OUT_OF_RANGE, fei: 0 },
+                                reason: "data beyond the command's buffer".into(),
+                            });
+                        }
+                        let n = conn.rx.read_data(&mut reader, &mut buf[offset..end])?;
+                        conn.sink = DataSink::Request { req, offset: offset + n };
+                        r.received += n;
+                        Ok(n > 0)
+                    }
+                    DataSink::Discard | DataSink::Nothing => {
+                        let before = conn.rx.data_remaining();
+                        conn.rx.skip_data(&mut reader)?;
+                        Ok(conn.rx.data_remaining() != before || conn.rx.state() == RecvState::DataDigest)
+                    }
+                }
+            }
+            RecvState::Failed => Err(Close::Gone("receiver failed".into())),
+            _ => {
+                let mut reader = conn.recv_buffer.reader(&mut conn.stream);
+                let event = match conn.rx.poll(&mut reader) {
+                    Ok(e) => e,
+                    Err(TcpError::DataDigest { received, computed }) => {
+                        // The command whose data this was fails with a data
+                        // transfer error; the stream itself is still in step.
+                        warn!(peer = %conn.peer, received, computed, "data digest error");
+                        conn.sink = DataSink::Nothing;
+                        if let Some(req) = conn.capsule_req.take() {
+                            fail_request(conn, req, NvmeStatus::DATA_TRANSFER_ERROR);
+                        }
+                        return Ok(true);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                match event {
+                    None => Ok(false),
+                    Some(RecvEvent::Header { header, data_len }) => {
+                        self.on_header(slot, header, data_len)?;
+                        Ok(true)
+                    }
+                    Some(RecvEvent::DataDone) => {
+                        self.on_data_done(slot)?;
+                        Ok(true)
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_header(&mut self, slot: usize, header: PduHeader, data_len: usize) -> Result<(), Close> {
+        let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
+        match header {
+            PduHeader::IcReq(ic) => self.on_icreq(slot, ic),
+            PduHeader::H2CTermReq(t) => Err(Close::Gone(format!(
+                "host terminated the connection (FES {:#x}, FEI {:#x})",
+                t.fes, t.fei
+            ))),
+            PduHeader::CapsuleCmd { sqe } => self.on_capsule(slot, sqe, data_len),
+            PduHeader::H2CData(h) => {
+                let idx = h.ttag;
+                let valid = conn.reqs.0.get(idx as usize).is_some_and(|r| {
+                    r.state == ReqState::ReceivingH2CData
+                        && r.sqe.cid() == h.cccid
+                        && h.datao as usize == r.received
+                        && (h.datao as usize + h.datal as usize) <= r.data_len
+                });
+                if !valid {
+                    // An H2CData for a transfer tag we never issued, or out of
+                    // order or range: the stream cannot be trusted.
+                    let fei = if conn
+                        .reqs
+                        .0
+                        .get(idx as usize)
+                        .is_some_and(|r| r.state == ReqState::ReceivingH2CData)
+                    {
+                        16 // DATAO
+                    } else {
+                        10 // TTAG
+                    };
+                    return Err(Close::Fatal {
+                        term: TermReq {
+                            fes: if fei == 16 { fes::DATA_OUT_OF_RANGE } else { fes::INVALID_HEADER_FIELD },
+                            fei,
+                        },
+                        reason: format!("H2CData with ttag {} cccid {} datao {}", h.ttag, h.cccid, h.datao),
+                    });
+                }
+                conn.capsule_req = Some(idx);
+                conn.sink = if data_len > 0 {
+                    DataSink::Request { req: idx, offset: h.datao as usize }
+                } else {
+                    DataSink::Nothing
+                };
+                if data_len == 0 {
+                    self.on_data_done(slot)?;
+                }
+                Ok(())
+            }
+            other => Err(Close::Fatal {
+                term: TermReq { fes: fes::INVALID_HEADER_FIELD, fei: 0 },
+                reason: format!("unexpected PDU {other:?}"),
+            }),
+        }
+    }
+
+    fn on_icreq(&mut self, slot: usize, ic: IcReq) -> Result<(), Close> {
+        let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
+        if !matches!(conn.phase, Phase::AwaitIcReq) {
+            return Err(Close::Fatal {
+                term: TermReq { fes: fes::PDU_SEQUENCE_ERROR, fei: 0 },
+                reason: "second ICReq".into(),
+            });
+        }
+        if ic.pfv != 0 {
+            return Err(Close::Fatal {
+                term: TermReq { fes: fes::INVALID_HEADER_FIELD, fei: 8 },
+                reason: format!("unsupported PDU format version {}", ic.pfv),
+            });
+        }
+        let resp = IcResp {
+            pfv: 0,
+            cpda: 0,
+            header_digest: ic.header_digest,
+            data_digest: ic.data_digest,
+            maxh2cdata: self.limits.maxh2cdata_bytes,
+        };
+        conn.sendq
+            .push(&conn.framing, &PduHeader::IcResp(resp), OutData::None, &[], None)
+            .map_err(|e| Close::Gone(format!("encode ICResp: {e}")))?;
+        conn.framing = Framing {
+            header_digest: ic.header_digest,
+            data_digest: ic.data_digest,
+            data_alignment: (usize::from(ic.hpda) + 1) * 4,
+        };
+        let mut lim = *conn.rx.limits();
+        lim.header_digest = ic.header_digest;
+        lim.data_digest = ic.data_digest;
+        lim.data_alignment = 4;
+        lim.ic_done = true;
+        conn.rx.set_limits(lim)?;
+        conn.phase = Phase::AwaitConnect;
+        debug!(peer = %conn.peer, hdgst = ic.header_digest, ddgst = ic.data_digest, "ICReq accepted");
+        Ok(())
+    }
+
+    fn on_capsule(&mut self, slot: usize, sqe: Sqe, data_len: usize) -> Result<(), Close> {
+        let in_capsule_max = self.in_capsule_max(slot);
+        let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
+        self.stats.commands += 1;
+        conn.sq_head = (conn.sq_head + 1) % conn.sq_size.max(1);
+        let Some(idx) = conn.free_reqs.pop() else {
+            // The host has more commands outstanding than the queue holds.
+            warn!(peer = %conn.peer, cid = sqe.cid(), "command beyond the queue size");
+            conn.sink = if data_len > 0 { DataSink::Discard } else { DataSink::Nothing };
+            let cqe = Cqe::new(sqe.cid(), NvmeStatus::INTERNAL_ERROR, 0);
+            conn.sendq
+                .push(&conn.framing, &PduHeader::CapsuleResp { cqe }, OutData::None, &[], None)
+                .map_err(|e| Close::Gone(e.to_string()))?;
+            return Ok(());
+        };
+        let req = &mut conn.reqs.0[idx as usize];
+        debug_assert_eq!(req.state, ReqState::Free);
+        *req = Request::new();
+        req.sqe = sqe;
+        req.state = ReqState::ReceivingCapsuleData;
+
+        if data_len > 0 {
+            let sgl = sqe.sgl();
+            let bad = if data_len > in_capsule_max {
+                Some(NvmeStatus::DATA_SGL_LENGTH_INVALID)
+            } else if sgl.identifier() != SGL_ID_DATA_BLOCK_OFFSET {
+                Some(NvmeStatus::SGL_DESCRIPTOR_TYPE_INVALID)
+            } else if sgl.address() != 0 {
+                Some(NvmeStatus::SGL_OFFSET_INVALID)
+            } else if sgl.length() as usize != data_len {
+                Some(NvmeStatus::DATA_SGL_LENGTH_INVALID)
+            } else {
+                None
+            };
+            if let Some(status) = bad {
+                conn.sink = DataSink::Discard;
+                conn.capsule_req = Some(idx);
+                conn.reqs.0[idx as usize].status = status;
+                return Ok(());
+            }
+            let Some(mut buf) = self.pool.get() else {
+                // Out of buffers: answer busy-retryable rather than stall.
+                conn.sink = DataSink::Discard;
+                conn.capsule_req = Some(idx);
+                conn.reqs.0[idx as usize].status = NvmeStatus::INTERNAL_ERROR.with_dnr(false);
+                return Ok(());
+            };
+            buf.set_len(data_len);
+            let req = &mut conn.reqs.0[idx as usize];
+            req.buf = Some(buf);
+            req.data_len = data_len;
+            conn.sink = DataSink::Request { req: idx, offset: 0 };
+            conn.capsule_req = Some(idx);
+            return Ok(());
+        }
+        conn.sink = DataSink::Nothing;
+        conn.capsule_req = None;
+        self.start_command(slot, idx)
+    }
+
+    fn in_capsule_max(&self, slot: usize) -> usize {
+        match self.conns[slot].as_ref().map(|c| &c.phase) {
+            Some(Phase::Io(_)) => self.limits.in_capsule_bytes,
+            _ => ADMIN_IN_CAPSULE_BYTES,
+        }
+    }
+
+    fn on_data_done(&mut self, slot: usize) -> Result<(), Close> {
+        let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
+        conn.sink = DataSink::Nothing;
+        let Some(idx) = conn.capsule_req.take() else { return Ok(()) };
+        let req = &mut conn.reqs.0[idx as usize];
+        match req.state {
+            ReqState::ReceivingCapsuleData => {
+                if !req.status.is_success() {
+                    let status = req.status;
+                    fail_request(conn, idx, status);
+                    return Ok(());
+                }
+                self.start_command(slot, idx)
+            }
+            ReqState::ReceivingH2CData => {
+                if req.received == req.data_len {
+                    self.execute_io(slot, idx);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A command with its in-capsule data (if any) fully received.
+    fn start_command(&mut self, slot: usize, idx: u16) -> Result<(), Close> {
+        let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
+        let sqe = conn.reqs.0[idx as usize].sqe;
+        match &conn.phase {
+            Phase::AwaitIcReq => Err(Close::Fatal {
+                term: TermReq { fes: fes::PDU_SEQUENCE_ERROR, fei: 0 },
+                reason: "command before ICReq".into(),
+            }),
+            Phase::AwaitConnect => {
+                if sqe.opcode() != FABRICS_OPCODE || sqe.fctype() != FCTYPE_CONNECT {
+                    fail_request(conn, idx, NvmeStatus::COMMAND_SEQUENCE_ERROR);
+                    return Ok(());
+                }
+                let data: &[u8] = conn.reqs.0[idx as usize].buf.as_deref().unwrap_or(&[]);
+                match self.target.connect(conn.port_id, &sqe, data, now_ms()) {
+                    Ok(q) => {
+                        conn.qid = q.qid;
+                        conn.sq_size = u16::try_from(q.sq_entries).unwrap_or(u16::MAX).max(1);
+                        let subsystem = q.controller.subsystem();
+                        conn.subsystem_index = self
+                            .target
+                            .nvm_subsystems()
+                            .iter()
+                            .position(|s| Arc::ptr_eq(s, subsystem))
+                            .unwrap_or(usize::MAX);
+                        info!(peer = %conn.peer, cntlid = q.controller.cntlid(), qid = q.qid, "queue connected");
+                        conn.phase = if q.qid == 0 {
+                            Phase::Admin(q.controller.clone())
+                        } else {
+                            Phase::Io(q.controller.clone())
+                        };
+                        respond_cqe(conn, idx, q.response);
+                    }
+                    Err(cqe) => {
+                        info!(peer = %conn.peer, status = %cqe.status(), "connect refused");
+                        respond_cqe(conn, idx, cqe);
+                    }
+                }
+                Ok(())
+            }
+            Phase::Admin(ctrl) => {
+                let ctrl = ctrl.clone();
+                ctrl.keep_alive_touch(now_ms());
+                if sqe.opcode() == FABRICS_OPCODE && sqe.fctype() == FCTYPE_CONNECT {
+                    fail_request(conn, idx, NvmeStatus::COMMAND_SEQUENCE_ERROR);
+                    return Ok(());
+                }
+                let data: &[u8] = conn.reqs.0[idx as usize].buf.as_deref().unwrap_or(&[]);
+                let mut resp = Vec::new();
+                match ctrl.exec_admin(&sqe, data, &mut resp) {
+                    AdminOutcome::Complete(cqe) => {
+                        let want = sqe.sgl().length() as usize;
+                        if !resp.is_empty() && cqe.status().is_success() && want > 0 {
+                            resp.truncate(want);
+                            let h = PduHeader::C2HData(C2HData {
+                                cccid: sqe.cid(),
+                                datao: 0,
+                                datal: resp.len() as u32,
+                                last: true,
+                                success: false,
+                            });
+                            let bytes = resp.clone();
+                            conn.sendq
+                                .push(&conn.framing, &h, OutData::Owned(resp), &bytes, None)
+                                .map_err(|e| Close::Gone(e.to_string()))?;
+                        }
+                        respond_cqe(conn, idx, cqe);
+                    }
+                    AdminOutcome::AsyncEventParked => {
+                        conn.reqs.0[idx as usize].state = ReqState::Parked;
+                        conn.reqs.0[idx as usize].buf = None;
+                    }
+                }
+                Ok(())
+            }
+            Phase::Io(ctrl) => {
+                ctrl.keep_alive_touch(now_ms());
+                if sqe.opcode() == FABRICS_OPCODE {
+                    let status = if sqe.fctype() == FCTYPE_CONNECT {
+                        NvmeStatus::COMMAND_SEQUENCE_ERROR
+                    } else {
+                        NvmeStatus::INVALID_FIELD
+                    };
+                    fail_request(conn, idx, status);
+                    return Ok(());
+                }
+                let io = match ctrl.check_io(&sqe) {
+                    Ok(io) => io,
+                    Err(status) => {
+                        fail_request(conn, idx, status);
+                        return Ok(());
+                    }
+                };
+                let req = &mut conn.reqs.0[idx as usize];
+                req.io = Some(io);
+                let from_host = matches!(io.kind, IoKind::Write | IoKind::DatasetManagement { .. });
+                match io.data {
+                    DataLocation::InCapsule => {
+                        // The data came with the capsule: it must be the whole transfer.
+                        if !from_host || req.buf.is_none() || req.data_len != io.data_bytes as usize {
+                            fail_request(conn, idx, NvmeStatus::DATA_SGL_LENGTH_INVALID);
+                            return Ok(());
+                        }
+                        self.execute_io(slot, idx);
+                        Ok(())
+                    }
+                    DataLocation::Transport if from_host => {
+                        if req.buf.is_some() {
+                            fail_request(conn, idx, NvmeStatus::SGL_DESCRIPTOR_TYPE_INVALID);
+                            return Ok(());
+                        }
+                        let Some(mut buf) = self.pool.get() else {
+                            fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR.with_dnr(false));
+                            return Ok(());
+                        };
+                        buf.set_len(io.data_bytes as usize);
+                        let req = &mut conn.reqs.0[idx as usize];
+                        req.buf = Some(buf);
+                        req.data_len = io.data_bytes as usize;
+                        req.received = 0;
+                        req.state = ReqState::ReceivingH2CData;
+                        let r2t =
+                            PduHeader::R2T(R2T { cccid: sqe.cid(), ttag: idx, r2to: 0, r2tl: io.data_bytes });
+                        conn.sendq
+                            .push(&conn.framing, &r2t, OutData::None, &[], None)
+                            .map_err(|e| Close::Gone(e.to_string()))?;
+                        Ok(())
+                    }
+                    DataLocation::Transport => {
+                        // Data to the host: a read.
+                        let Some(mut buf) = self.pool.get() else {
+                            fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR.with_dnr(false));
+                            return Ok(());
+                        };
+                        buf.set_len(io.data_bytes as usize);
+                        conn.reqs.0[idx as usize].buf = Some(buf);
+                        self.execute_io(slot, idx);
+                        Ok(())
+                    }
+                    DataLocation::None => {
+                        if req.buf.is_some() {
+                            fail_request(conn, idx, NvmeStatus::INVALID_FIELD);
+                            return Ok(());
+                        }
+                        self.execute_io(slot, idx);
+                        Ok(())
+                    }
+                    DataLocation::Keyed { .. } => {
+                        fail_request(conn, idx, NvmeStatus::SGL_DESCRIPTOR_TYPE_INVALID);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues the command's backend work (or waits for a backend slot).
+    fn execute_io(&mut self, slot: usize, idx: u16) {
+        let Some(conn) = self.conns[slot].as_mut() else { return };
+        conn.reqs.0[idx as usize].state = ReqState::WaitingForBackend;
+        let gen = conn.gen;
+        if !self.submit_io(slot, idx) {
+            self.stats.backend_busy += 1;
+            self.backend_waiters.push_back((slot as u16, gen, idx));
+        }
+    }
+
+    /// Submits a request's backend operations. Returns false if the backend
+    /// is full (nothing was submitted).
+    fn submit_io(&mut self, slot: usize, idx: u16) -> bool {
+        let Some(conn) = self.conns[slot].as_mut() else { return true };
+        let tag = make_tag(slot, conn.gen, idx);
+        let req = &mut conn.reqs.0[idx as usize];
+        let Some(io) = req.io else { return true };
+        let Some(backend) = self.backends.get_mut(conn.subsystem_index).and_then(|b| b.get_mut(io.ns_index))
+        else {
+            fail_request(conn, idx, NvmeStatus::INVALID_NAMESPACE);
+            return true;
+        };
+        if backend.in_flight() >= backend.queue_depth_max() {
+            return false;
+        }
+        let op = match io.kind {
+            IoKind::Read | IoKind::Write => {
+                let Some(buf) = req.buf.take() else {
+                    fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                    return true;
+                };
+                if io.kind == IoKind::Read {
+                    BackendOp::Read { slba: io.slba, nlb: io.block_count, buf }
+                } else {
+                    BackendOp::Write { slba: io.slba, nlb: io.block_count, buf, fua: io.fua }
+                }
+            }
+            IoKind::Flush => BackendOp::Flush,
+            IoKind::WriteZeroes { .. } => BackendOp::WriteZeroes { slba: io.slba, nlb: io.block_count },
+            IoKind::DatasetManagement { ranges, deallocate } => {
+                if !deallocate {
+                    // Only the deallocate attribute changes anything; the
+                    // others are hints a RAM or file medium has no use for.
+                    respond(conn, idx, NvmeStatus::SUCCESS, 0, 0);
+                    return true;
+                }
+                let ctrl = match &conn.phase {
+                    Phase::Io(c) => c.clone(),
+                    _ => return true,
+                };
+                return submit_deallocate(
+                    conn,
+                    &ctrl,
+                    idx,
+                    ranges as usize,
+                    io.ns_index,
+                    backend.as_mut(),
+                    tag,
+                );
+            }
+        };
+        match backend.submit(tag, op) {
+            Ok(()) => {
+                req.state = ReqState::Executing;
+                req.ops_pending = 1;
+                true
+            }
+            Err((e, op)) => {
+                if let Some(buf) = op.into_buf() {
+                    req.buf = Some(buf);
+                }
+                if matches!(e, crate::backend::BackendError::QueueFull { .. }) {
+                    return false;
+                }
+                warn!(error = %e, "backend refused an operation");
+                fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                true
+            }
+        }
+    }
+
+    fn close_connection(&mut self, slot: usize, why: Close) {
+        let Some(mut conn) = self.conns[slot].take() else { return };
+        self.stats.connections_closed += 1;
+        match &why {
+            Close::Fatal { term, reason } => {
+                warn!(peer = %conn.peer, fes = term.fes, fei = term.fei, %reason, "protocol error: C2HTermReq, closing");
+                self.stats.term_reqs_sent += 1;
+                let mut freed = Vec::new();
+                conn.sendq.clear(&mut freed);
+                let offending: Vec<u8> = conn.rx.raw_header().iter().copied().take(128).collect();
+                let h = PduHeader::C2HTermReq(*term);
+                if conn
+                    .sendq
+                    .push(&Framing::default(), &h, OutData::Owned(offending.clone()), &offending, None)
+                    .is_ok()
+                {
+                    // Best effort: the socket may be full or gone.
+                    let _ = conn.stream.set_nonblocking(false);
+                    let _ = conn.stream.set_write_timeout(Some(std::time::Duration::from_millis(100)));
+                    let _ = conn.sendq.flush(&mut conn.stream, &conn.reqs, &mut freed);
+                }
+            }
+            Close::Gone(reason) => debug!(peer = %conn.peer, %reason, "connection closed"),
+        }
+        match &conn.phase {
+            Phase::Admin(ctrl) => {
+                info!(cntlid = ctrl.cntlid(), peer = %conn.peer, "admin queue closed: controller released");
+                self.target.disconnect(ctrl, 0);
+            }
+            Phase::Io(ctrl) => self.target.disconnect(ctrl, conn.qid),
+            _ => {}
+        }
+        let _ = conn.stream.shutdown(Shutdown::Both);
+        // Requests at the backend finish later; their completions carry this
+        // connection's generation and are dropped, returning their buffers.
+    }
+
+    /// Closes every connection whose controller is `cntlid` (association teardown).
+    pub fn teardown_controller(&mut self, cntlid: u16) {
+        for slot in 0..self.conns.len() {
+            let hit = match self.conns[slot].as_ref().map(|c| &c.phase) {
+                Some(Phase::Admin(c)) | Some(Phase::Io(c)) => c.cntlid() == cntlid,
+                _ => false,
+            };
+            if hit {
+                self.close_connection(slot, Close::Gone("association torn down".into()));
+            }
+        }
+    }
+}
+
+fn submit_deallocate(
+    conn: &mut Connection,
+    ctrl: &Controller,
+    idx: u16,
+    ranges: usize,
+    ns_index: usize,
+    backend: &mut dyn Backend,
+    tag: u64,
+) -> bool {
+    let parse = |data: &[u8], r: usize| {
+        let mut b = [0u8; DSM_RANGE_BYTES];
+        b.copy_from_slice(&data[r * DSM_RANGE_BYTES..(r + 1) * DSM_RANGE_BYTES]);
+        DsmRange(b)
+    };
+    let req = &mut conn.reqs.0[idx as usize];
+    let Some(data) = req.buf.as_deref() else {
+        fail_request(conn, idx, NvmeStatus::DATA_SGL_LENGTH_INVALID);
+        return true;
+    };
+    if data.len() < ranges * DSM_RANGE_BYTES {
+        fail_request(conn, idx, NvmeStatus::DATA_SGL_LENGTH_INVALID);
+        return true;
+    }
+    // Check every range before touching any: a command fails whole.
+    for r in 0..ranges {
+        if let Err(status) = ctrl.check_dsm_range(ns_index, &parse(data, r)) {
+            fail_request(conn, idx, status);
+            return true;
+        }
+    }
+    if backend.queue_depth_max() - backend.in_flight() < ranges {
+        return false;
+    }
+    let mut ops = 0;
+    for r in 0..ranges {
+        let range = parse(data, r);
+        if range.block_count() == 0 {
+            continue;
+        }
+        let op = BackendOp::Deallocate { slba: range.slba(), nlb: range.block_count() };
+        if backend.submit(tag, op).is_ok() {
+            ops += 1;
+        }
+    }
+    let req = &mut conn.reqs.0[idx as usize];
+    req.buf = None;
+    if ops == 0 {
+        respond(conn, idx, NvmeStatus::SUCCESS, 0, 0);
+    } else {
+        req.state = ReqState::Executing;
+        req.ops_pending = ops;
+    }
+    true
+}
+
+/// Queues the response of request `idx`: C2HData first for a successful read.
+fn respond(conn: &mut Connection, idx: u16, status: NvmeStatus, dw0: u32, data_to_host: usize) {
+    let req = &mut conn.reqs.0[idx as usize];
+    let cid = req.sqe.cid();
+    req.state = ReqState::Responding;
+    if data_to_host > 0 {
+        let bytes: &[u8] = req.buf.as_deref().map(|b| &b[..data_to_host]).unwrap_or(&[]);
+        let h = PduHeader::C2HData(C2HData {
+            cccid: cid,
+            datao: 0,
+            datal: data_to_host as u32,
+            last: true,
+            success: false,
+        });
+        if let Err(e) = conn.sendq.push(
+            &conn.framing,
+            &h,
+            OutData::Request { req: idx, offset: 0, len: data_to_host },
+            bytes,
+            None,
+        ) {
+            warn!(error = %e, "failed to queue C2HData");
+        }
+    }
+    let mut cqe = Cqe::new(cid, status, dw0);
+    cqe.set_sq_head(conn.sq_head);
+    cqe.set_sq_id(conn.qid);
+    if let Err(e) =
+        conn.sendq.push(&conn.framing, &PduHeader::CapsuleResp { cqe }, OutData::None, &[], Some(idx))
+    {
+        warn!(error = %e, "failed to queue CapsuleResp");
+    }
+}
+
+fn respond_cqe(conn: &mut Connection, idx: u16, mut cqe: Cqe) {
+    conn.reqs.0[idx as usize].state = ReqState::Responding;
+    cqe.set_sq_head(conn.sq_head);
+    cqe.set_sq_id(conn.qid);
+    if let Err(e) =
+        conn.sendq.push(&conn.framing, &PduHeader::CapsuleResp { cqe }, OutData::None, &[], Some(idx))
+    {
+        warn!(error = %e, "failed to queue CapsuleResp");
+    }
+}
+
+fn fail_request(conn: &mut Connection, idx: u16, status: NvmeStatus) {
+    debug!(peer = %conn.peer, cid = conn.reqs.0[idx as usize].sqe.cid(), %status, "command failed");
+    conn.reqs.0[idx as usize].buf = None;
+    respond(conn, idx, status, 0, 0);
+}
+
+fn free_request(conn: &mut Connection, idx: u16) {
+    let req = &mut conn.reqs.0[idx as usize];
+    assert_eq!(req.state, ReqState::Responding, "a request is freed only after its response was sent");
+    req.state = ReqState::Free;
+    req.buf = None;
+    req.io = None;
+    conn.free_reqs.push(idx);
+}
+
+/// Milliseconds on a monotonic clock, the time base of keep-alive.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}

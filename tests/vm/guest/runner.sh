@@ -1,0 +1,71 @@
+#!/bin/bash
+# runner.sh - runs inside the guest: starts the target, runs every
+# /harness/checks/NN-name.sh in order, writes one "RESULT PASS|FAIL name ..."
+# line per check to /dev/ttyS1 (the host's results file) and SUITE-DONE at
+# the end. Each check's output goes to the console log. Between checks the
+# runner disconnects the host and brings the target back if a check left it
+# down, so checks do not depend on each other's leftovers.
+#
+# Around each check it writes TANDEM-VM-CHECK-BEGIN/END markers into the
+# kernel log; check 07 uses them to attribute every kernel message to the
+# check that was running.
+set -u
+CHECK_NAME=runner
+. /harness/lib.sh
+RESULTS=/dev/ttyS1
+result() { echo "RESULT $*" > $RESULTS; echo "RESULT $*"; }
+
+# Keep the results port raw so lines arrive as written.
+stty -F $RESULTS raw -echo 2>/dev/null
+# The nvme host's ANA handling is reported by dev_dbg(): turn those on so the
+# kernel log shows where the host learnt an ANA state from.
+if [ -w /proc/dynamic_debug/control ]; then
+  echo 'file drivers/nvme/host/multipath.c +p' > /proc/dynamic_debug/control 2>/dev/null
+fi
+# The AEN tracepoint records each asynchronous event the host receives.
+tr=/sys/kernel/tracing
+[ -d $tr/events/nvme ] || tr=/sys/kernel/debug/tracing
+if [ -d $tr/events/nvme/nvme_async_event ]; then
+  echo 1 > $tr/events/nvme/nvme_async_event/enable
+  echo 1 > $tr/tracing_on
+fi
+host_identity
+log "starting target ($TARGET_KIND)"
+target_ok=1
+target_start > $STATE_DIR/target-start.txt 2>&1 || target_ok=0
+cat $STATE_DIR/target-start.txt
+start_error=$(grep -v '^ *$' $STATE_DIR/target-start.txt | tr '\n' ' ' | cut -c1-200)
+
+for check in /harness/checks/[0-9]*.sh; do
+  name=$(basename "$check" .sh)
+  if [ -n "$CHECKS_ONLY" ] && [[ " $CHECKS_ONLY " != *" $name "* ]]; then continue; fi
+  if [ $target_ok = 0 ]; then result FAIL "$name (0 s): target did not start: $start_error"; continue; fi
+  rm -f $STATE_DIR/reason
+  echo "<5>TANDEM-VM-CHECK-BEGIN $name" > /dev/kmsg
+  echo "==== BEGIN $name uptime=$(now_s)"
+  t0=$(now_s)
+  CHECK_NAME=$name timeout 900 /bin/bash "$check"
+  rc=$?
+  took=$(awk -v a="$t0" -v b="$(now_s)" 'BEGIN{printf "%.0f", b-a}')
+  echo "==== END $name rc=$rc took ${took}s"
+  echo "<5>TANDEM-VM-CHECK-END $name" > /dev/kmsg
+  if [ $rc = 0 ]; then
+    result PASS "$name (${took} s)"
+  else
+    reason=$(cat $STATE_DIR/reason 2>/dev/null || echo "exit status $rc")
+    result FAIL "$name (${took} s): $reason"
+  fi
+  # Leave a clean slate for the next check.
+  umount /mnt 2>/dev/null
+  disconnect_all
+  if ! target_running; then
+    target_start > $STATE_DIR/target-start.txt 2>&1 || target_ok=0
+    cat $STATE_DIR/target-start.txt
+    start_error=$(grep -v '^ *$' $STATE_DIR/target-start.txt | tr '\n' ' ' | cut -c1-200)
+  fi
+done
+echo "==== kernel log"
+dmesg
+[ $TARGET_KIND = tandem ] && { echo "==== tandem log"; cat $TANDEM_LOG 2>/dev/null; }
+target_stop
+echo "SUITE-DONE" > $RESULTS

@@ -51,6 +51,38 @@ pub struct Config {
     pub remote_ports: Vec<PortConfig>,
     pub subsystems: Vec<SubsystemConfig>,
     pub limits: Limits,
+    /// The persistent staging log (first store); None: every namespace is
+    /// write-through.
+    pub staging: Option<StagingConfig>,
+}
+
+/// Where staged writes are kept before they reach the medium.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StagingConfig {
+    pub domain: StagingDomain,
+    /// Directory of the ring files, one per staged namespace.
+    pub dir: PathBuf,
+    /// Bytes of each namespace's ring.
+    pub ring_bytes: u64,
+}
+
+/// The persistence domain of the staging rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StagingDomain {
+    /// A file in /dev/shm: survives a crash of the process, not a power loss.
+    Shm,
+    /// A regular file persisted with msync: survives power loss, slowly.
+    File,
+    /// A DAX file on persistent memory mapped with MAP_SYNC: survives power loss.
+    Pmem,
+}
+
+impl StagingDomain {
+    /// What a write staged in this domain survives.
+    pub fn survives_power_loss(&self) -> bool {
+        !matches!(self, StagingDomain::Shm)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -135,6 +167,10 @@ pub struct NamespaceConfig {
     pub block_size: u32,
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
+    /// Writes go straight to the medium, not through the staging log.
+    pub write_through: bool,
+    /// Wrap the medium in a fault injector driven by `tandem rpc` (tests).
+    pub fault_injection: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -169,7 +205,8 @@ cntlid_min = 1                  # dynamic controller IDs come from [cntlid_min, 
 cntlid_max = 0x7fff             #   the two nodes of a pair must not overlap (max 0xffef)
 cores = [0]                     # one reactor per listed core
 poll = "adaptive"               # "adaptive" (spin, then sleep when idle) or "busy"
-# data_dir = "/var/lib/tandem/a" # optional: where the persistence domain lives
+data_dir = "tandem-data/a"      # optional: created at start; relative namespace paths live here
+                                #   (a relative data_dir is relative to the working directory)
 # rpc_socket = "/run/tandem-a.sock" # optional: control socket for `tandem rpc`
 
 [[ports]]
@@ -196,15 +233,24 @@ volatile_write_cache = false    # optional: report a volatile write cache (hosts
 [[subsystems.namespaces]]
 nsid = 1                        # namespace id, 1..=1024, unique in the subsystem
 ana_group = 1                   # ANA group id, 1..=32
-backend = "ram"                 # "ram" or "file"
-size = "64MiB"                  # ram size, or the size a new file is created with
+backend = "file"                # "ram" (memory, lost at exit) or "file" (a file or block device)
+path = "ns1.img"                # file backend: the image file (created if missing)
+size = "1GiB"                   # the size a new file is created with, or the ram size
                                 #   (bytes as an integer, or a string with KiB/MiB/GiB/TiB)
-# path = "/var/lib/tandem/ns1.img"  # file backend: the image file
 block_size = 4096               # 512 or 4096
+# write_through = true          # optional: bypass the staging log for this namespace
 # nguid = "0123456789abcdef0123456789abcdef"      # optional: 32 hex digits
 # uuid = "01234567-89ab-cdef-0123-456789abcdef"   # optional
 #   stable defaults for both are derived from the subsystem NQN and the nsid,
 #   so the two nodes of a pair report the same identifiers
+
+[staging]                       # optional: the persistent staging log in front of the media.
+                                #   Without it every write goes straight to the medium.
+domain = "shm"                  # "shm": /dev/shm, survives a crash of the process but NOT a power
+                                #   loss (hosts are told the write cache is volatile and send Flush);
+                                #   "file": msync, survives power loss; "pmem": DAX + MAP_SYNC
+# dir = "/dev/shm/tandem-a"     # optional: where the rings live (shm default: /dev/shm/tandem-<name>)
+ring_size = "64MiB"             # optional: each staged namespace's ring
 
 [limits]                        # optional section; the defaults are shown
 mdts_bytes = 131072             # largest data transfer of one command (power of two >= 4096)
@@ -229,6 +275,15 @@ struct RawConfig {
     subsystems: Vec<RawSubsystem>,
     #[serde(default)]
     limits: RawLimits,
+    staging: Option<RawStaging>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStaging {
+    domain: StagingDomain,
+    dir: Option<PathBuf>,
+    ring_size: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +340,10 @@ struct RawNamespace {
     block_size: u32,
     nguid: Option<String>,
     uuid: Option<String>,
+    #[serde(default)]
+    write_through: bool,
+    #[serde(default)]
+    fault_injection: bool,
 }
 
 #[derive(Deserialize)]
@@ -517,7 +576,65 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             namespaces,
         });
     }
-    Ok(Config { node, ports, remote_ports, subsystems, limits })
+    let staging = match raw.staging {
+        None => None,
+        Some(st) => {
+            let dir = match (st.dir, st.domain) {
+                (Some(d), _) => {
+                    check_path(&d, "staging.dir")?;
+                    d
+                }
+                (None, StagingDomain::Shm) => PathBuf::from(format!("/dev/shm/tandem-{}", node.name)),
+                (None, StagingDomain::File) => match &node.data_dir {
+                    Some(d) => d.join("staging"),
+                    None => return Err(field_error("staging.dir", "needed when node.data_dir is not set")),
+                },
+                (None, StagingDomain::Pmem) => {
+                    return Err(field_error(
+                        "staging.dir",
+                        "a pmem domain needs the directory of a DAX mount",
+                    ))
+                }
+            };
+            let ring_bytes = match &st.ring_size {
+                None => 64 << 20,
+                Some(v) => parse_size(v).filter(|b| *b >= 1 << 20 && b % 4096 == 0).ok_or_else(|| {
+                    field_error(
+                        "staging.ring_size",
+                        "expected a size of at least \"1MiB\", a multiple of 4KiB",
+                    )
+                })?,
+            };
+            if node.cores.len() > 1 {
+                return Err(field_error(
+                    "node.cores",
+                    "staging runs on one reactor: list one core (several reactors with staging are not supported yet)",
+                ));
+            }
+            Some(StagingConfig { domain: st.domain, dir, ring_bytes })
+        }
+    };
+    let mut subsystems = subsystems;
+    if staging.as_ref().is_some_and(|st| !st.domain.survives_power_loss()) {
+        // Staged writes in a volatile domain are a volatile write cache: say
+        // so (VWC), so hosts send Flush, which drains the staging log.
+        for s in subsystems.iter_mut() {
+            if s.namespaces.iter().any(|n| !n.write_through) {
+                s.volatile_write_cache = true;
+            }
+        }
+    }
+    // Relative namespace paths live in the data directory.
+    if let Some(data_dir) = &node.data_dir {
+        for ns in subsystems.iter_mut().flat_map(|s| s.namespaces.iter_mut()) {
+            if let Some(p) = &ns.path {
+                if p.is_relative() {
+                    ns.path = Some(data_dir.join(p));
+                }
+            }
+        }
+    }
+    Ok(Config { node, ports, remote_ports, subsystems, limits, staging })
 }
 
 fn convert_ports(
@@ -646,6 +763,8 @@ fn convert_namespace(
         block_size: ns.block_size,
         nguid,
         uuid,
+        write_through: ns.write_through,
+        fault_injection: ns.fault_injection,
     })
 }
 
@@ -764,7 +883,14 @@ mod tests {
         assert_eq!(c.ports[0].ana_state(1), AnaState::Optimized);
         assert_eq!(c.remote_ports[0].id, 2);
         let ns = &c.subsystems[0].namespaces[0];
-        assert_eq!((ns.nsid, ns.size_bytes, ns.block_size), (1, Some(64 << 20), 4096));
+        assert_eq!((ns.nsid, ns.size_bytes, ns.block_size), (1, Some(1 << 30), 4096));
+        assert_eq!(ns.backend, BackendKind::File);
+        assert_eq!(ns.path.as_deref(), Some(Path::new("tandem-data/a/ns1.img")), "relative to data_dir");
+        assert!(!ns.write_through);
+        let st = c.staging.as_ref().expect("the example stages writes");
+        assert_eq!(st.domain, StagingDomain::Shm);
+        assert_eq!(st.dir, PathBuf::from("/dev/shm/tandem-a"));
+        assert_eq!(st.ring_bytes, 64 << 20);
         assert_eq!(c.limits, Limits::default());
         assert!(c.subsystems[0].host_allowed("nqn.2014-08.org.nvmexpress:uuid:x"));
     }
@@ -834,10 +960,16 @@ mod tests {
         assert_eq!(e, "remote_ports[0].addr: address 127.0.0.1:4420 is used twice");
         let e = err_text(&example_with("addr = \"127.0.0.1:4420\"", "addr = \"localhost\""));
         assert!(e.starts_with("ports[0].addr: expected an IP address"), "{e}");
-        let e = err_text(&example_with("backend = \"ram\"", "backend = \"file\""));
+        let e = err_text(&example_with("path = \"ns1.img\"", ""));
         assert_eq!(e, "subsystems[0].namespaces[0].path: a file namespace needs a path");
-        let e = err_text(&example_with("# path = \"/var/lib/tandem/ns1.img\"", "path = \"\""));
+        let e = err_text(&example_with("backend = \"file\"", "backend = \"ram\""));
         assert_eq!(e, "subsystems[0].namespaces[0].path: a ram namespace has no path");
+        let e = err_text(&example_with("ring_size = \"64MiB\"", "ring_size = \"12KiB\""));
+        assert!(e.starts_with("staging.ring_size"), "{e}");
+        let e = err_text(&example_with("domain = \"shm\"", "domain = \"dram\""));
+        assert!(e.contains("staging.domain"), "{e}");
+        let e = err_text(&example_with("cores = [0]", "cores = [0, 1]"));
+        assert!(e.starts_with("node.cores: staging runs on one reactor"), "{e}");
         let e = err_text(&example_with("mdts_bytes = 131072", "mdts_bytes = 100000"));
         assert!(e.starts_with("limits.mdts_bytes"), "{e}");
         let e = err_text(&example_with("queue_depth_max = 128", "queue_depth_max = 1"));

@@ -22,11 +22,14 @@ use tandem_env::{BufferPool, ReactorHandle};
 use tandem_nvmf::spec::log::AnaState;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, FileBackend, RamBackend};
-use crate::config::{BackendKind, Config, NamespaceConfig, PollMode};
+use crate::backend::{Backend, FaultBackend, FaultControl, FileBackend, RamBackend};
+use crate::config::{BackendKind, Config, NamespaceConfig, PollMode, StagingConfig, StagingDomain};
 use crate::ctrl::{NamespaceGeometry, TargetState};
+use crate::ha::{DrainWait, FlusherConfig, RingConfig, StagingLog};
 use crate::rpc::{self, RpcHandler, RpcServer};
+use crate::transport::media::{NsMedia, Staged};
 use crate::transport::tcp::{PollGroup, TransportLimits};
+use tandem_env::{open_region, DomainKind, MappedRegion};
 
 /// Connections one reactor serves at most.
 const CONNECTIONS_PER_REACTOR_MAX: usize = 256;
@@ -211,6 +214,8 @@ impl Drop for NodeApp {
 struct NodeRpc {
     target: Arc<TargetState>,
     config: Config,
+    /// Fault injectors of namespaces with `fault_injection = true`.
+    faults: Vec<(String, u32, FaultControl)>,
 }
 
 fn parse_ana_state(s: &str) -> Result<AnaState, String> {
@@ -284,9 +289,105 @@ impl RpcHandler for NodeRpc {
                     "ana_changes": self.target.ana_change_count(),
                 }))
             }
-            other => Err(format!("method: unknown method {other:?} (known: ana_set, status)")),
+            "fault" => {
+                let nsid = rpc::param_u64(params, "nsid")?;
+                let subnqn = params.get("subnqn").and_then(Value::as_str);
+                let control = self
+                    .faults
+                    .iter()
+                    .find(|(nqn, id, _)| u64::from(*id) == nsid && subnqn.is_none_or(|s| s == nqn))
+                    .map(|(_, _, c)| c)
+                    .ok_or_else(|| {
+                        format!(
+                            "params.nsid: namespace {nsid} has no fault injector (fault_injection = true)"
+                        )
+                    })?;
+                match rpc::param_str(params, "action")? {
+                    "fail_writes_after" => control.fail_writes_after(rpc::param_u64(params, "count")?),
+                    "fail_writes_in" => {
+                        control.fail_writes_in(rpc::param_u64(params, "slba")?, rpc::param_u64(params, "nlb")?)
+                    }
+                    "fail_flush" => control.fail_flush(true),
+                    "fail_reads" => control.fail_reads(true),
+                    "heal" => control.heal(),
+                    other => {
+                        return Err(format!(
+                            "params.action: {other:?} is not fail_writes_after, fail_writes_in, fail_flush, fail_reads or heal"
+                        ))
+                    }
+                }
+                Ok(json!({ "nsid": nsid, "injected": control.injected() }))
+            }
+            other => Err(format!("method: unknown method {other:?} (known: ana_set, status, fault)")),
         }
     }
+}
+
+/// The ring file of one namespace: named by a hash of the subsystem NQN and
+/// the nsid, so that names stay short and stable.
+fn ring_path(st: &StagingConfig, subnqn: &str, nsid: u32) -> std::path::PathBuf {
+    st.dir.join(format!("{:08x}-ns{nsid}.ring", crc32c::crc32c(subnqn.as_bytes())))
+}
+
+/// Opens (or creates) a namespace's staging ring and replays whatever a
+/// crash left in it to the medium, before any port opens. A ring that cannot
+/// be read back whole stops the node: data is never skipped silently.
+fn open_staging(
+    st: &StagingConfig,
+    node_name: &str,
+    subnqn: &str,
+    ns: &NamespaceConfig,
+    mdts_bytes: usize,
+    backend: &mut Box<dyn Backend>,
+) -> anyhow::Result<StagingLog<MappedRegion>> {
+    let kind = match st.domain {
+        StagingDomain::Shm => DomainKind::Shm,
+        StagingDomain::File => DomainKind::File,
+        StagingDomain::Pmem => DomainKind::Pmem,
+    };
+    std::fs::create_dir_all(&st.dir)
+        .with_context(|| format!("staging.dir: cannot create {}", st.dir.display()))?;
+    let path = ring_path(st, subnqn, ns.nsid);
+    let existed = path.exists();
+    let region = open_region(kind, &path, st.ring_bytes as usize)
+        .map_err(|e| anyhow!("staging ring {}: {e}", path.display()))?;
+    let flusher = FlusherConfig { batch_bytes_max: mdts_bytes.max(1 << 20), ..FlusherConfig::default() };
+    if !existed {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let ring = RingConfig {
+            owner_node_id: u64::from(crc32c::crc32c(node_name.as_bytes())),
+            created_epoch: 1,
+            format_nonce: nonce,
+            record_align_bytes: 4096,
+        };
+        let log = StagingLog::format(region, &ring, flusher)
+            .map_err(|e| anyhow!("staging ring {}: cannot format: {e}", path.display()))?;
+        info!(nsid = ns.nsid, ring = %path.display(), bytes = st.ring_bytes, "staging ring created");
+        return Ok(log);
+    }
+    let start = std::time::Instant::now();
+    let mut foreign = Vec::new();
+    let wait = DrainWait {
+        now_ms: || start.elapsed().as_millis() as u64,
+        idle: || std::thread::sleep(Duration::from_micros(200)),
+        deadline_ms: 120_000,
+    };
+    let (log, report) =
+        StagingLog::recover(region, 0, flusher, backend, wait, &mut foreign).map_err(|e| {
+            anyhow!("staging ring {}: recovery failed: {e}; the node does not start", path.display())
+        })?;
+    info!(
+        nsid = ns.nsid,
+        ring = %path.display(),
+        replayed_records = report.replayed_records,
+        replayed_bytes = report.replayed_bytes,
+        torn_tail = report.torn_tail,
+        "staging ring recovered: staged writes replayed to the medium"
+    );
+    Ok(log)
 }
 
 /// Runs the node described by `config` until SIGTERM or SIGINT.
@@ -299,6 +400,23 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
     };
     let limits = config.limits.clone();
     let queue_depth_max = limits.queue_depth_max as usize;
+    if let Some(dir) = &config.node.data_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("node.data_dir: cannot create {}", dir.display()))?;
+    }
+    match &config.staging {
+        Some(st) => info!(
+            domain = ?st.domain,
+            dir = %st.dir.display(),
+            "staging log: acknowledged writes {}",
+            if st.domain.survives_power_loss() {
+                "survive power loss"
+            } else {
+                "survive a process crash only, NOT a power loss (hosts see a volatile write cache)"
+            }
+        ),
+        None => info!("no staging log: writes go straight to the media"),
+    }
 
     // Media first: the controller layer needs their sizes.
     let mut media: Vec<Vec<Medium>> = Vec::new();
@@ -347,11 +465,39 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
     let reactors = config.node.cores.len();
     let mut handles = Vec::new();
     let mut joins = Vec::new();
+    let mut faults: Vec<(String, u32, FaultControl)> = Vec::new();
     // Reactors 1.. first, so reactor 0 can be given their mailboxes.
     for (i, &core) in config.node.cores.iter().enumerate().rev() {
         let mut backends = Vec::new();
         for &si in &order {
-            backends.push(media[si].iter().map(Medium::handle).collect::<anyhow::Result<Vec<_>>>()?);
+            let sub = &config.subsystems[si];
+            let mut list = Vec::new();
+            for (ni, m) in media[si].iter().enumerate() {
+                let ns = &sub.namespaces[ni];
+                let mut backend = m.handle()?;
+                if ns.fault_injection {
+                    let f = FaultBackend::new(backend);
+                    faults.push((sub.nqn.clone(), ns.nsid, f.control()));
+                    backend = Box::new(f);
+                }
+                // Staging runs on reactor 0, the only reactor a staged node has.
+                let staged = match (&config.staging, ns.write_through, i) {
+                    (Some(st), false, 0) => {
+                        let log = open_staging(
+                            st,
+                            &config.node.name,
+                            &sub.nqn,
+                            ns,
+                            limits.mdts_bytes as usize,
+                            &mut backend,
+                        )?;
+                        Some(Staged::new(log, !st.domain.survives_power_loss(), ns.nsid, ns.block_size))
+                    }
+                    _ => None,
+                };
+                list.push(NsMedia { backend, staged });
+            }
+            backends.push(list);
         }
         let pool = BufferPool::new(&format!("reactor{i}"), chunk_bytes, queue_depth_max * 16)
             .map_err(|e| anyhow!("buffer pool: {e}"))?;
@@ -383,8 +529,11 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
 
     let _rpc = match &config.node.rpc_socket {
         Some(path) => Some(
-            RpcServer::start(path, Arc::new(NodeRpc { target: target.clone(), config: config.clone() }))
-                .with_context(|| format!("node.rpc_socket: cannot listen on {}", path.display()))?,
+            RpcServer::start(
+                path,
+                Arc::new(NodeRpc { target: target.clone(), config: config.clone(), faults }),
+            )
+            .with_context(|| format!("node.rpc_socket: cannot listen on {}", path.display()))?,
         ),
         None => None,
     };

@@ -7,6 +7,8 @@
 //! failing test never leaves a target behind.
 #![forbid(unsafe_code)]
 
+pub mod raw;
+
 use std::fs;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -212,4 +214,119 @@ pub fn run_tandem(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `tandem ARGS...`, waiting at most `limit`; a process still running
+/// then is killed and reported as `None`. Returns (exit code, stdout, stderr).
+pub fn run_tandem_timeout(args: &[&str], limit: Duration) -> Option<(i32, String, String)> {
+    let mut child = Command::new(tandem_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tandem");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            let out = child.wait_with_output().expect("collect output");
+            return Some((
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The subsystem every test config serves.
+pub const TEST_SUBNQN: &str = "nqn.2026-11.io.tandem:test";
+/// Its serial and model number.
+pub const TEST_SERIAL: &str = "TANDEMTEST01";
+pub const TEST_MODEL: &str = "Tandem test";
+/// Namespace 1: 16 MiB of RAM in 4096-byte blocks, ANA group 1.
+pub const TEST_NS_BYTES: u64 = 16 << 20;
+pub const TEST_BLOCK_BYTES: u32 = 4096;
+pub const TEST_NGUID: [u8; 16] =
+    [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10];
+pub const TEST_UUID: [u8; 16] =
+    [0x5a, 0x1d, 0xe7, 0x00, 0x11, 0x22, 0x43, 0x33, 0x84, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa];
+/// MDTS and in-capsule size of the test config.
+pub const TEST_MDTS_BYTES: u32 = 131_072;
+pub const TEST_IN_CAPSULE_BYTES: u32 = 8192;
+
+/// A port of a test config: id, address, and the ANA state of group 1 through it.
+#[derive(Clone, Copy, Debug)]
+pub struct PortSpec {
+    pub id: u16,
+    pub addr: SocketAddr,
+    pub group1: &'static str,
+}
+
+impl PortSpec {
+    /// An optimized port on a fresh loopback port number.
+    pub fn fresh(id: u16) -> PortSpec {
+        PortSpec { id, addr: loopback(free_port()), group1: "optimized" }
+    }
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn uuid_text(u: &[u8; 16]) -> String {
+    let h = hex(u);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// A node config with one subsystem (`TEST_SUBNQN`, any host) and one RAM
+/// namespace in ANA group 1, served on `ports`, listing `remote_ports` in
+/// discovery, with a control socket when `rpc_socket` is given.
+pub fn test_config(ports: &[PortSpec], remote_ports: &[PortSpec], rpc_socket: Option<&Path>) -> String {
+    let mut s = String::from("[node]\nname = \"t\"\ncntlid_min = 1\ncntlid_max = 0x7fff\ncores = [0]\n");
+    s.push_str("poll = \"adaptive\"\n");
+    if let Some(p) = rpc_socket {
+        s.push_str(&format!("rpc_socket = \"{}\"\n", p.display()));
+    }
+    for p in ports {
+        s.push_str(&format!(
+            "\n[[ports]]\nid = {}\ntransport = \"tcp\"\naddr = \"{}\"\nana = {{ 1 = \"{}\" }}\n",
+            p.id, p.addr, p.group1
+        ));
+    }
+    for p in remote_ports {
+        s.push_str(&format!("\n[[remote_ports]]\nid = {}\ntransport = \"tcp\"\naddr = \"{}\"\n", p.id, p.addr));
+    }
+    s.push_str(&format!(
+        "\n[[subsystems]]\nnqn = \"{TEST_SUBNQN}\"\nserial = \"{TEST_SERIAL}\"\nmodel = \"{TEST_MODEL}\"\n\
+         allow_any_host = true\n\n[[subsystems.namespaces]]\nnsid = 1\nana_group = 1\nbackend = \"ram\"\n\
+         size = {TEST_NS_BYTES}\nblock_size = {TEST_BLOCK_BYTES}\nnguid = \"{}\"\nuuid = \"{}\"\n",
+        hex(&TEST_NGUID),
+        uuid_text(&TEST_UUID)
+    ));
+    s.push_str(&format!(
+        "\n[limits]\nmdts_bytes = {TEST_MDTS_BYTES}\nin_capsule_data_bytes = {TEST_IN_CAPSULE_BYTES}\n\
+         queue_depth_max = 128\nio_queues_max = 8\nkato_default_ms = 120000\nanatt_s = 10\n"
+    ));
+    s
+}
+
+/// Starts `tandem serve` with `test_config` in a fresh scratch directory.
+pub fn start_test_node(name: &str, ports: &[PortSpec], remote_ports: &[PortSpec], rpc: bool) -> (Scratch, NodeProcess) {
+    let dir = Scratch::new(name);
+    let rpc_path = dir.path.join("rpc.sock");
+    let config = test_config(ports, remote_ports, rpc.then_some(rpc_path.as_path()));
+    let addrs: Vec<SocketAddr> = ports.iter().map(|p| p.addr).collect();
+    let node = NodeProcess::start(&dir.path, name, &config, &addrs);
+    (dir, node)
 }

@@ -25,7 +25,8 @@ use tandem_env::DmaBuf;
 /// An operation on a range of logical blocks (`slba` = starting LBA, `nlb` =
 /// number of logical blocks, 1-based here, unlike the 0-based NVMe field).
 /// Read and Write carry the data buffer, whose `len()` must be at least
-/// `nlb * block_size` (a Read fills exactly that many bytes).
+/// `nlb * block_size`; the backend trims it to exactly that length, and the
+/// completion hands it back.
 #[derive(Debug)]
 pub enum BackendOp {
     Read { slba: u64, nlb: u32, buf: DmaBuf },
@@ -118,6 +119,38 @@ pub trait Backend: Send {
     fn wake_fd(&self) -> Option<std::os::fd::RawFd>;
     /// True when a completed write is durable without a Flush (no volatile cache).
     fn writes_are_durable(&self) -> bool;
+}
+
+/// A boxed backend is a backend: the node picks its media at run time from
+/// the config, and the generic staging log and flusher take it as it is.
+impl<T: Backend + ?Sized> Backend for Box<T> {
+    fn block_size(&self) -> u32 {
+        (**self).block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        (**self).num_blocks()
+    }
+    fn submit(&mut self, tag: u64, op: BackendOp) -> Result<(), (BackendError, BackendOp)> {
+        (**self).submit(tag, op)
+    }
+    fn kick(&mut self) {
+        (**self).kick()
+    }
+    fn poll_completions(&mut self, out: &mut Vec<BackendCompletion>) -> usize {
+        (**self).poll_completions(out)
+    }
+    fn in_flight(&self) -> usize {
+        (**self).in_flight()
+    }
+    fn queue_depth_max(&self) -> usize {
+        (**self).queue_depth_max()
+    }
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        (**self).wake_fd()
+    }
+    fn writes_are_durable(&self) -> bool {
+        (**self).writes_are_durable()
+    }
 }
 
 /// Checks an operation's range and buffer against the geometry; shared by

@@ -87,12 +87,14 @@ impl RamBackend {
     fn execute(&self, op: &mut BackendOp) {
         match op {
             BackendOp::Read { slba, nlb, buf } => {
+                buf.set_len(*nlb as usize * self.block_size as usize);
                 let range = self.word_range(*slba, *nlb);
                 for (word, bytes) in self.words[range].iter().zip(buf.chunks_exact_mut(WORD_BYTES)) {
                     bytes.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
                 }
             }
             BackendOp::Write { slba, nlb, buf, .. } => {
+                buf.set_len(*nlb as usize * self.block_size as usize);
                 let range = self.word_range(*slba, *nlb);
                 for (word, bytes) in self.words[range].iter().zip(buf.chunks_exact(WORD_BYTES)) {
                     let mut value = [0u8; WORD_BYTES];

@@ -32,10 +32,12 @@ use tandem_nvmf::tcp::{
 };
 use tracing::{debug, info, warn};
 
+use super::media::{AfterRelease, NsMedia, Ready};
 use super::sendq::{OutData, RequestData, SendQueue};
 use super::sockbuf::RecvBuffer;
 use crate::backend::{Backend, BackendCompletion, BackendOp};
 use crate::ctrl::{AdminOutcome, Controller, DataLocation, IoCommand, IoKind, TargetState};
+use crate::ha::{Reservation, ReserveError};
 use tandem_nvmf::spec::nvm::{DsmRange, DSM_RANGE_BYTES};
 
 /// Transport limits, from the config's `[limits]`.
@@ -60,6 +62,8 @@ const ADMIN_IN_CAPSULE_BYTES: usize = 8192;
 const AER_SLOTS: usize = 8;
 const FABRICS_OPCODE: u8 = 0x7f;
 const FCTYPE_CONNECT: u8 = 0x01;
+/// NVM command set Write (NVM Command Set 1.0, 3.3.4).
+const NVM_WRITE_OPCODE: u8 = 0x01;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReqState {
@@ -68,6 +72,12 @@ enum ReqState {
     ReceivingCapsuleData,
     /// R2T sent; H2CData PDUs are arriving.
     ReceivingH2CData,
+    /// A staged write waiting for room in the staging ring.
+    WaitingForRing,
+    /// A staged write whose record is not yet durable in the ring.
+    WaitingDurable,
+    /// Waiting for the flusher to put everything staged before it on the medium.
+    WaitingRelease,
     /// Waiting for a backend queue slot.
     WaitingForBackend,
     /// Submitted to the backend.
@@ -90,6 +100,16 @@ struct Request {
     /// Backend operations still outstanding (DSM may issue several).
     ops_pending: u32,
     status: NvmeStatus,
+    /// A staged write's record in the ring; its data is received there.
+    reservation: Option<Reservation>,
+    /// A read of a staged namespace that found staged data: the ring's
+    /// `released_seq` when it was sent to the medium (see `on_read_done`).
+    read_snapshot: Option<u64>,
+    /// The sequence of this write's staging record.
+    staged_seq: Option<u64>,
+    /// Write Zeroes / Deallocate on a staged namespace: the medium already
+    /// holds everything staged before it.
+    barrier_passed: bool,
 }
 
 impl Request {
@@ -103,6 +123,10 @@ impl Request {
             received: 0,
             ops_pending: 0,
             status: NvmeStatus::SUCCESS,
+            reservation: None,
+            read_snapshot: None,
+            staged_seq: None,
+            barrier_passed: false,
         }
     }
 }
@@ -134,6 +158,9 @@ enum DataSink {
     Request { req: u16, offset: usize },
     /// Read and dropped (a command that already failed).
     Discard,
+    /// A staged write's in-capsule data, held in the socket until the
+    /// staging ring has room for its record (back-pressure).
+    AwaitRing { req: u16 },
 }
 
 struct Connection {
@@ -170,15 +197,23 @@ pub struct TransportStats {
     pub commands: u64,
     pub term_reqs_sent: u64,
     pub backend_busy: u64,
+    /// Staged reads sent to the medium again because the flusher released
+    /// records they overlapped while they were out.
+    pub read_retries: u64,
+    /// Writes that found the staging ring full and waited (back-pressure).
+    pub ring_full_waits: u64,
 }
 
 /// One reactor's share of the transport.
 pub struct PollGroup {
     target: Arc<TargetState>,
     limits: TransportLimits,
-    /// This reactor's backend of each namespace: `backends[subsystem][ns_index]`,
+    /// This reactor's medium of each namespace: `media[subsystem][ns_index]`,
     /// in the order of `TargetState::nvm_subsystems` and their namespaces.
-    backends: Vec<Vec<Box<dyn Backend>>>,
+    media: Vec<Vec<NsMedia>>,
+    /// Scratch lists reused by every poll (no allocation on the I/O path).
+    ready: Vec<Ready>,
+    foreign: Vec<BackendCompletion>,
     pool: BufferPool,
     conns: Vec<Option<Connection>>,
     gens: Vec<u16>,
@@ -220,14 +255,16 @@ impl PollGroup {
     pub fn new(
         target: Arc<TargetState>,
         limits: TransportLimits,
-        backends: Vec<Vec<Box<dyn Backend>>>,
+        media: Vec<Vec<NsMedia>>,
         pool: BufferPool,
         connections_max: usize,
     ) -> PollGroup {
         PollGroup {
             target,
             limits,
-            backends,
+            media,
+            ready: Vec::with_capacity(1024),
+            foreign: Vec::with_capacity(256),
             pool,
             conns: (0..connections_max).map(|_| None).collect(),
             gens: vec![0; connections_max],
@@ -253,13 +290,16 @@ impl PollGroup {
 
     /// The backends' completion fds, to watch while sleeping.
     pub fn backend_wake_fds(&self) -> Vec<RawFd> {
-        self.backends.iter().flatten().filter_map(|b| b.wake_fd()).collect()
+        self.media.iter().flatten().filter_map(|m| m.backend.wake_fd()).collect()
     }
 
     /// Whether some backend completes without a wake fd (it must be polled,
     /// so the reactor may not sleep while it has work in flight).
     pub fn has_unwakeable_work(&self) -> bool {
-        self.backends.iter().flatten().any(|b| b.wake_fd().is_none() && b.in_flight() > 0)
+        self.media.iter().flatten().any(|m| {
+            (m.backend.wake_fd().is_none() && m.backend.in_flight() > 0)
+                || m.staged.as_ref().is_some_and(|s| s.has_waiters() || s.log.stats().staged_records > 0)
+        })
     }
 
     pub fn connection_count(&self) -> usize {
@@ -329,8 +369,8 @@ impl PollGroup {
             }
         }
         busy |= self.retry_backend_waiters();
-        for b in self.backends.iter_mut().flatten() {
-            b.kick();
+        for m in self.media.iter_mut().flatten() {
+            m.backend.kick();
         }
         busy
     }
@@ -377,18 +417,173 @@ impl PollGroup {
 
     fn poll_backends(&mut self) -> bool {
         let mut busy = false;
-        for s in 0..self.backends.len() {
-            for i in 0..self.backends[s].len() {
-                let mut out = std::mem::take(&mut self.completions);
-                let n = self.backends[s][i].poll_completions(&mut out);
-                for c in out.drain(..) {
+        let now = now_ms();
+        for si in 0..self.media.len() {
+            for ni in 0..self.media[si].len() {
+                let mut scratch = std::mem::take(&mut self.completions);
+                let mut foreign = std::mem::take(&mut self.foreign);
+                busy |= self.media[si][ni].poll(now, &mut scratch, &mut foreign);
+                for c in foreign.drain(..) {
                     self.on_backend_completion(c);
                 }
-                self.completions = out;
-                busy |= n > 0;
+                self.completions = scratch;
+                self.foreign = foreign;
+                busy |= self.process_staging_waiters(si, ni);
             }
         }
         busy
+    }
+
+    /// Completes or advances the requests waiting on a staged namespace.
+    fn process_staging_waiters(&mut self, si: usize, ni: usize) -> bool {
+        let Some(st) = self.media[si][ni].staged.as_mut() else { return false };
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        st.collect_ready(&mut ready);
+        let volatile = st.volatile;
+        let mut busy = !ready.is_empty();
+        for r in ready.drain(..) {
+            match r {
+                Ready::Durable { tag, seq } => {
+                    // The slot may hold a newer command by now: match the record too.
+                    let Some(req) = self.request_mut(tag, ReqState::WaitingDurable) else { continue };
+                    if req.staged_seq != Some(seq) {
+                        continue;
+                    }
+                    let fua = req.io.is_some_and(|io| io.fua);
+                    if fua && volatile {
+                        // FUA on a volatile domain: done when the medium has it.
+                        if let Some(req) = self.request_mut(tag, ReqState::WaitingDurable) {
+                            req.state = ReqState::WaitingRelease;
+                        }
+                        if let Some(st) = self.media[si][ni].staged.as_mut() {
+                            st.await_release(seq, tag, AfterRelease::Complete);
+                        }
+                    } else {
+                        self.complete_tag(tag, ReqState::WaitingDurable, NvmeStatus::SUCCESS);
+                    }
+                }
+                Ready::Released { tag, then: AfterRelease::Complete } => {
+                    self.complete_tag(tag, ReqState::WaitingRelease, NvmeStatus::SUCCESS);
+                }
+                Ready::Released { tag, then: AfterRelease::Execute } => {
+                    let (slot, _, idx) = split_tag(tag);
+                    if self.request_mut(tag, ReqState::WaitingRelease).is_some() {
+                        self.execute_io(slot, idx);
+                    }
+                }
+            }
+        }
+        self.ready = ready;
+        // Writes that waited for ring space: start them now if room freed up.
+        loop {
+            let Some(st) = self.media[si][ni].staged.as_mut() else { break };
+            let Some(&tag) = st.awaiting_space.front() else { break };
+            if self.request_mut(tag, ReqState::WaitingForRing).is_none() {
+                if let Some(st) = self.media[si][ni].staged.as_mut() {
+                    st.awaiting_space.pop_front();
+                }
+                continue;
+            }
+            let (slot, _, idx) = split_tag(tag);
+            match self.start_staged_r2t(slot, idx) {
+                Ok(true) => {
+                    busy = true;
+                    if let Some(st) = self.media[si][ni].staged.as_mut() {
+                        st.awaiting_space.pop_front();
+                    }
+                }
+                Ok(false) => break,
+                Err(close) => {
+                    if let Some(st) = self.media[si][ni].staged.as_mut() {
+                        st.awaiting_space.pop_front();
+                    }
+                    self.close_connection(slot, close);
+                }
+            }
+        }
+        busy
+    }
+
+    fn tag_of(&self, slot: usize, idx: u16) -> u64 {
+        make_tag(slot, self.conns[slot].as_ref().map_or(0, |c| c.gen), idx)
+    }
+
+    /// The staging state of the namespace request `idx` of `slot` addresses.
+    fn staged_mut(&mut self, slot: usize, idx: u16) -> Option<&mut super::media::Staged> {
+        let conn = self.conns.get(slot)?.as_ref()?;
+        let io = conn.reqs.0.get(idx as usize)?.io?;
+        self.media.get_mut(conn.subsystem_index)?.get_mut(io.ns_index)?.staged.as_mut()
+    }
+
+    /// Reserves a ring record for a staged write whose data comes by R2T, and
+    /// sends the R2T. Ok(false): the ring is full (the caller queues it).
+    fn start_staged_r2t(&mut self, slot: usize, idx: u16) -> Result<bool, Close> {
+        let tag = self.tag_of(slot, idx);
+        let Some(data_len) = self.conns[slot].as_ref().map(|c| c.reqs.0[idx as usize].data_len) else {
+            return Ok(true);
+        };
+        let Some(st) = self.staged_mut(slot, idx) else { return Ok(true) };
+        let res = match st.log.reserve(data_len) {
+            Ok(res) => res,
+            Err(ReserveError::RingFull { .. }) => return Ok(false),
+            Err(e) => {
+                warn!(error = %e, "staging refused a write");
+                if let Some(conn) = self.conns[slot].as_mut() {
+                    fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                }
+                return Ok(true);
+            }
+        };
+        st.await_durable(res.seq(), tag);
+        let Some(conn) = self.conns[slot].as_mut() else { return Ok(true) };
+        let req = &mut conn.reqs.0[idx as usize];
+        req.staged_seq = Some(res.seq());
+        req.reservation = Some(res);
+        req.received = 0;
+        req.state = ReqState::ReceivingH2CData;
+        let r2t = PduHeader::R2T(R2T { cccid: req.sqe.cid(), ttag: idx, r2to: 0, r2tl: data_len as u32 });
+        conn.sendq
+            .push(&conn.framing, &r2t, OutData::None, &[], None)
+            .map_err(|e| Close::Gone(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Gives a staged write's unused ring record back (the command failed or
+    /// its connection went away before its data was complete).
+    fn cancel_reservation(&mut self, slot: usize, idx: u16) {
+        let Some(res) = self
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.as_mut())
+            .and_then(|c| c.reqs.0[idx as usize].reservation.take())
+        else {
+            return;
+        };
+        if let Some(st) = self.staged_mut(slot, idx) {
+            let _ = st.log.cancel(res);
+        }
+    }
+
+    /// The request named by `tag`, if its connection is still the one that
+    /// issued it and it is in `state`.
+    fn request_mut(&mut self, tag: u64, state: ReqState) -> Option<&mut Request> {
+        let (slot, gen, idx) = split_tag(tag);
+        let conn = self.conns.get_mut(slot)?.as_mut()?;
+        if conn.gen != gen {
+            return None;
+        }
+        conn.reqs.0.get_mut(idx as usize).filter(|r| r.state == state)
+    }
+
+    /// Completes the request named by `tag` if it is still waiting in `state`.
+    fn complete_tag(&mut self, tag: u64, state: ReqState, status: NvmeStatus) {
+        let (slot, gen, idx) = split_tag(tag);
+        let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else { return };
+        if conn.gen != gen || conn.reqs.0.get(idx as usize).is_none_or(|r| r.state != state) {
+            return;
+        }
+        respond(conn, idx, status, 0, 0);
     }
 
     fn on_backend_completion(&mut self, c: BackendCompletion) {
@@ -414,11 +609,38 @@ impl PollGroup {
             return;
         }
         let status = req.status;
-        let data_to_host = match req.io {
-            Some(io) if io.kind == IoKind::Read && status.is_success() => io.data_bytes as usize,
-            _ => 0,
-        };
-        respond(conn, req_idx, status, 0, data_to_host);
+        let io = req.io;
+        let si = conn.subsystem_index;
+        match io {
+            Some(io) if io.kind == IoKind::Read && status.is_success() => {
+                // A staged namespace: lay the newest staged bytes over what
+                // the medium returned, unless the flusher released records
+                // this read overlapped while it was out (then the medium read
+                // may predate their write: read again).
+                if let Some(st) =
+                    self.media.get(si).and_then(|m| m.get(io.ns_index)).and_then(|m| m.staged.as_ref())
+                {
+                    let req = &mut conn.reqs.0[req_idx as usize];
+                    if req.read_snapshot.is_some_and(|snap| st.log.released_seq() != snap) {
+                        self.stats.read_retries += 1;
+                        req.read_snapshot = None;
+                        self.execute_io(slot, req_idx);
+                        return;
+                    }
+                    if let Some(buf) = req.buf.as_deref_mut() {
+                        if let Err(e) =
+                            st.log.read_overlay(st.nsid, io.slba, io.block_count, st.block_bytes, buf)
+                        {
+                            warn!(error = %e, "staged read overlay failed");
+                            respond(conn, req_idx, NvmeStatus::INTERNAL_ERROR, 0, 0);
+                            return;
+                        }
+                    }
+                }
+                respond(conn, req_idx, status, 0, io.data_bytes as usize);
+            }
+            _ => respond(conn, req_idx, status, 0, 0),
+        }
     }
 
     fn retry_backend_waiters(&mut self) -> bool {
@@ -474,7 +696,8 @@ impl PollGroup {
     /// Advances the receiver by one event or one data chunk. Returns whether
     /// anything was consumed.
     fn receive_step(&mut self, slot: usize) -> Result<bool, Close> {
-        let Some(conn) = self.conns[slot].as_mut() else { return Ok(false) };
+        let PollGroup { conns, media, stats, .. } = self;
+        let Some(conn) = conns[slot].as_mut() else { return Ok(false) };
         if conn.closing {
             return Ok(false);
         }
@@ -482,20 +705,76 @@ impl PollGroup {
             RecvState::Padding | RecvState::Data => {
                 let mut reader = conn.recv_buffer.reader(&mut conn.stream);
                 match conn.sink {
+                    DataSink::AwaitRing { req } => {
+                        let r = &mut conn.reqs.0[req as usize];
+                        let Some(io) = r.io else {
+                            return Err(Close::Gone("internal: staged write without a command".into()));
+                        };
+                        let staged = media
+                            .get_mut(conn.subsystem_index)
+                            .and_then(|m| m.get_mut(io.ns_index))
+                            .and_then(|m| m.staged.as_mut());
+                        let Some(st) = staged else {
+                            return Err(Close::Gone(
+                                "internal: staged write to an unstaged namespace".into(),
+                            ));
+                        };
+                        match st.log.reserve(r.data_len) {
+                            Ok(res) => {
+                                let tag = make_tag(slot, conn.gen, req);
+                                st.await_durable(res.seq(), tag);
+                                r.staged_seq = Some(res.seq());
+                                r.reservation = Some(res);
+                                r.state = ReqState::ReceivingCapsuleData;
+                                conn.sink = DataSink::Request { req, offset: 0 };
+                                Ok(true)
+                            }
+                            Err(ReserveError::RingFull { .. }) => {
+                                if r.state != ReqState::WaitingForRing {
+                                    r.state = ReqState::WaitingForRing;
+                                    stats.ring_full_waits += 1;
+                                }
+                                Ok(false)
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "staging refused a write");
+                                r.status = NvmeStatus::INTERNAL_ERROR;
+                                conn.sink = DataSink::Discard;
+                                Ok(true)
+                            }
+                        }
+                    }
                     DataSink::Request { req, offset } => {
                         let r = &mut conn.reqs.0[req as usize];
-                        let Some(buf) = r.buf.as_deref_mut() else {
-                            return Err(Close::Gone("internal: data sink without a buffer".into()));
+                        let dest: &mut [u8] = match (&r.reservation, r.io) {
+                            (Some(res), Some(io)) => {
+                                let staged = media
+                                    .get_mut(conn.subsystem_index)
+                                    .and_then(|m| m.get_mut(io.ns_index))
+                                    .and_then(|m| m.staged.as_mut());
+                                match staged {
+                                    Some(st) => st.log.data_mut(res),
+                                    None => {
+                                        return Err(Close::Gone("internal: reservation without a log".into()))
+                                    }
+                                }
+                            }
+                            _ => match r.buf.as_deref_mut() {
+                                Some(b) => b,
+                                None => {
+                                    return Err(Close::Gone("internal: data sink without a buffer".into()))
+                                }
+                            },
                         };
                         let want = conn.rx.data_remaining();
                         let end = offset + want;
-                        if end > buf.len() {
+                        if end > dest.len() {
                             return Err(Close::Fatal {
                                 term: TermReq { fes: fes::DATA_OUT_OF_RANGE, fei: 0 },
                                 reason: "data beyond the command's buffer".into(),
                             });
                         }
-                        let n = conn.rx.read_data(&mut reader, &mut buf[offset..end])?;
+                        let n = conn.rx.read_data(&mut reader, &mut dest[offset..end])?;
                         conn.sink = DataSink::Request { req, offset: offset + n };
                         r.received += n;
                         Ok(n > 0)
@@ -518,6 +797,16 @@ impl PollGroup {
                         warn!(peer = %conn.peer, received, computed, "data digest error");
                         conn.sink = DataSink::Nothing;
                         if let Some(req) = conn.capsule_req.take() {
+                            let r = &mut conn.reqs.0[req as usize];
+                            if let (Some(res), Some(io)) = (r.reservation.take(), r.io) {
+                                let staged = media
+                                    .get_mut(conn.subsystem_index)
+                                    .and_then(|m| m.get_mut(io.ns_index))
+                                    .and_then(|m| m.staged.as_mut());
+                                if let Some(st) = staged {
+                                    let _ = st.log.cancel(res);
+                                }
+                            }
                             fail_request(conn, req, NvmeStatus::DATA_TRANSFER_ERROR);
                         }
                         return Ok(true);
@@ -675,6 +964,38 @@ impl PollGroup {
                 conn.reqs.0[idx as usize].status = status;
                 return Ok(());
             }
+            // A write to a staged namespace receives straight into its ring
+            // record: check the command now, before its data arrives.
+            if sqe.opcode() == NVM_WRITE_OPCODE {
+                if let Phase::Io(ctrl) = &conn.phase {
+                    let checked = ctrl.check_io(&sqe);
+                    let staged = match &checked {
+                        Ok(io) => self
+                            .media
+                            .get(conn.subsystem_index)
+                            .and_then(|m| m.get(io.ns_index))
+                            .is_some_and(|m| m.staged.is_some()),
+                        Err(_) => false,
+                    };
+                    match checked {
+                        Err(status) => {
+                            conn.sink = DataSink::Discard;
+                            conn.capsule_req = Some(idx);
+                            conn.reqs.0[idx as usize].status = status;
+                            return Ok(());
+                        }
+                        Ok(io) if staged => {
+                            let req = &mut conn.reqs.0[idx as usize];
+                            req.io = Some(io);
+                            req.data_len = data_len;
+                            conn.capsule_req = Some(idx);
+                            conn.sink = DataSink::AwaitRing { req: idx };
+                            return Ok(());
+                        }
+                        Ok(io) => conn.reqs.0[idx as usize].io = Some(io),
+                    }
+                }
+            }
             let Some(mut buf) = self.pool.get() else {
                 // Out of buffers: answer busy-retryable rather than stall.
                 conn.sink = DataSink::Discard;
@@ -813,17 +1134,52 @@ impl PollGroup {
                     fail_request(conn, idx, status);
                     return Ok(());
                 }
-                let io = match ctrl.check_io(&sqe) {
+                // A staged write was checked when its capsule arrived.
+                let early = conn.reqs.0[idx as usize].io;
+                let io = match early.map_or_else(|| ctrl.check_io(&sqe), Ok) {
                     Ok(io) => io,
                     Err(status) => {
                         fail_request(conn, idx, status);
                         return Ok(());
                     }
                 };
+                let staged = self
+                    .media
+                    .get(conn.subsystem_index)
+                    .and_then(|m| m.get(io.ns_index))
+                    .is_some_and(|m| m.staged.is_some());
                 let req = &mut conn.reqs.0[idx as usize];
                 req.io = Some(io);
                 let from_host = matches!(io.kind, IoKind::Write | IoKind::DatasetManagement { .. });
                 match io.data {
+                    DataLocation::InCapsule if req.reservation.is_some() => {
+                        if req.received != io.data_bytes as usize {
+                            fail_request(conn, idx, NvmeStatus::DATA_SGL_LENGTH_INVALID);
+                            self.cancel_reservation(slot, idx);
+                            return Ok(());
+                        }
+                        self.execute_io(slot, idx);
+                        Ok(())
+                    }
+                    DataLocation::Transport if staged && io.kind == IoKind::Write => {
+                        if req.buf.is_some() {
+                            fail_request(conn, idx, NvmeStatus::SGL_DESCRIPTOR_TYPE_INVALID);
+                            return Ok(());
+                        }
+                        req.data_len = io.data_bytes as usize;
+                        if !self.start_staged_r2t(slot, idx)? {
+                            let tag = self.tag_of(slot, idx);
+                            if let Some(st) = self.staged_mut(slot, idx) {
+                                st.awaiting_space.push_back(tag);
+                            }
+                            if let Some(req) = self.conns[slot].as_mut().map(|c| &mut c.reqs.0[idx as usize])
+                            {
+                                req.state = ReqState::WaitingForRing;
+                            }
+                            self.stats.ring_full_waits += 1;
+                        }
+                        Ok(())
+                    }
                     DataLocation::InCapsule => {
                         // The data came with the capsule: it must be the whole transfer.
                         if !from_host || req.buf.is_none() || req.data_len != io.data_bytes as usize {
@@ -897,15 +1253,77 @@ impl PollGroup {
     /// Submits a request's backend operations. Returns false if the backend
     /// is full (nothing was submitted).
     fn submit_io(&mut self, slot: usize, idx: u16) -> bool {
-        let Some(conn) = self.conns[slot].as_mut() else { return true };
+        let PollGroup { conns, media, .. } = self;
+        let Some(conn) = conns[slot].as_mut() else { return true };
         let tag = make_tag(slot, conn.gen, idx);
         let req = &mut conn.reqs.0[idx as usize];
         let Some(io) = req.io else { return true };
-        let Some(backend) = self.backends.get_mut(conn.subsystem_index).and_then(|b| b.get_mut(io.ns_index))
-        else {
+        let Some(m) = media.get_mut(conn.subsystem_index).and_then(|b| b.get_mut(io.ns_index)) else {
             fail_request(conn, idx, NvmeStatus::INVALID_NAMESPACE);
             return true;
         };
+        if let Some(st) = m.staged.as_mut() {
+            match io.kind {
+                IoKind::Write => {
+                    // The data is in the ring record: commit it. The command
+                    // completes when the record is durable (`process_staging_waiters`).
+                    let Some(res) = req.reservation.take() else {
+                        fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                        return true;
+                    };
+                    req.state = ReqState::WaitingDurable;
+                    let _ = st.log.commit(res, st.nsid, io.slba, io.block_count);
+                    return true;
+                }
+                IoKind::Flush => {
+                    // A volatile domain is a write cache: Flush drains it to
+                    // the medium. A persistent one already holds every
+                    // acknowledged write durably.
+                    let target = st.log.durable_seq();
+                    if st.volatile && st.log.released_seq() < target {
+                        req.state = ReqState::WaitingRelease;
+                        st.await_release(target, tag, AfterRelease::Complete);
+                    } else {
+                        respond(conn, idx, NvmeStatus::SUCCESS, 0, 0);
+                    }
+                    return true;
+                }
+                IoKind::WriteZeroes { .. } | IoKind::DatasetManagement { .. } if !req.barrier_passed => {
+                    // These go to the medium directly: first let the flusher
+                    // put every staged write before them there, or it would
+                    // later write older data over the zeroes.
+                    req.barrier_passed = true;
+                    let target = st.log.durable_seq();
+                    if st.log.released_seq() < target {
+                        req.state = ReqState::WaitingRelease;
+                        st.await_release(target, tag, AfterRelease::Execute);
+                        return true;
+                    }
+                }
+                IoKind::Read => {
+                    let Some(buf) = req.buf.as_deref_mut() else {
+                        fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                        return true;
+                    };
+                    match st.log.read_overlay(st.nsid, io.slba, io.block_count, st.block_bytes, buf) {
+                        Ok(n) if n == u64::from(io.block_count) => {
+                            // Wholly staged: the ring has the newest data.
+                            respond(conn, idx, NvmeStatus::SUCCESS, 0, io.data_bytes as usize);
+                            return true;
+                        }
+                        Ok(0) => req.read_snapshot = None,
+                        Ok(_) => req.read_snapshot = Some(st.log.released_seq()),
+                        Err(e) => {
+                            warn!(error = %e, "staged read overlay failed");
+                            fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                            return true;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let backend = &mut m.backend;
         if backend.in_flight() >= backend.queue_depth_max() {
             return false;
         }
@@ -966,6 +1384,16 @@ impl PollGroup {
     }
 
     fn close_connection(&mut self, slot: usize, why: Close) {
+        // Staged writes whose data never fully arrived give their records back.
+        let pending: Vec<u16> = match self.conns[slot].as_ref() {
+            Some(c) => {
+                (0..c.reqs.0.len() as u16).filter(|&i| c.reqs.0[i as usize].reservation.is_some()).collect()
+            }
+            None => return,
+        };
+        for idx in pending {
+            self.cancel_reservation(slot, idx);
+        }
         let Some(mut conn) = self.conns[slot].take() else { return };
         self.stats.connections_closed += 1;
         match &why {

@@ -68,9 +68,13 @@ nvme list-subsys $dev
 # How the host learnt it: an ANA-change AEN (log page 0x0c, notice 0x03)
 # reached each controller, and the ANA log it read next was logged.
 grep -i 'nvme_async_event' $trace/trace | tee $STATE_DIR/aen.txt
+log "I/O completions with an ANA status: $(grep -c 'nvme_complete_rq' $trace/trace)"
+# A target that answers I/O with an ANA status before it completes the
+# pending AER lets the host learn the change from the status instead (and the
+# host's ANA log read may then clear the event): that is what this catches.
 for c in $c1 $c2; do
   grep -E "$c: NVME_AEN=0x0*c0302|$c: NVME_AEN=.*NVME_AER_NOTICE_ANA" $STATE_DIR/aen.txt >/dev/null ||
-    fail "no ANA-change AEN traced on $c"
+    fail "no ANA-change AEN traced on $c (port $( [ $c = $c1 ] && echo 1 || echo 2)); the host learnt the change another way"
 done
 dmesg | tail -n +$((kmsg_mark + 1)) > $STATE_DIR/kmsg.txt
 grep -E 'nvme|ANA' $STATE_DIR/kmsg.txt

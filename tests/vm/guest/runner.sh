@@ -27,6 +27,10 @@ tr=/sys/kernel/tracing
 [ -d $tr/events/nvme ] || tr=/sys/kernel/debug/tracing
 if [ -d $tr/events/nvme/nvme_async_event ]; then
   echo 1 > $tr/events/nvme/nvme_async_event/enable
+  # Completions with an ANA status (0x302 inaccessible, 0x303 transition):
+  # the other way a host learns ANA states; check 05 reports them.
+  echo 'status == 0x302 || status == 0x303' > $tr/events/nvme/nvme_complete_rq/filter 2>/dev/null &&
+    echo 1 > $tr/events/nvme/nvme_complete_rq/enable
   echo 1 > $tr/tracing_on
 fi
 host_identity
@@ -58,14 +62,16 @@ for check in /harness/checks/[0-9]*.sh; do
   # Leave a clean slate for the next check.
   umount /mnt 2>/dev/null
   disconnect_all
-  if ! target_running; then
+  if target_running; then
+    target_restore_ana || log "restoring the ANA states failed"
+  else
     target_start > $STATE_DIR/target-start.txt 2>&1 || target_ok=0
     cat $STATE_DIR/target-start.txt
     start_error=$(grep -v '^ *$' $STATE_DIR/target-start.txt | tr '\n' ' ' | cut -c1-200)
   fi
 done
+target_stop
 echo "==== kernel log"
 dmesg
 [ $TARGET_KIND = tandem ] && { echo "==== tandem log"; cat $TANDEM_LOG 2>/dev/null; }
-target_stop
 echo "SUITE-DONE" > $RESULTS

@@ -136,7 +136,7 @@ target_start() {
         echo "target_start: tandem rejects $TANDEM_CONFIG:"; tail -3 $TANDEM_LOG; return 1
       fi
       echo "---- tandem serve (log $TANDEM_LOG)" >> $TANDEM_LOG
-      tandem serve --config $TANDEM_CONFIG 2>>$TANDEM_LOG >/dev/null &
+      NO_COLOR=1 tandem serve --config $TANDEM_CONFIG 2>>$TANDEM_LOG >/dev/null &
       echo $! > $TANDEM_PID_FILE
       ;;
     nvmet)
@@ -193,4 +193,12 @@ target_ana_set() {
     tandem) tandem rpc --socket $TANDEM_RPC_SOCKET ana-set --port "$1" --group "$2" --state "$3" ;;
     nvmet) echo "$3" > $NVMET_CFG/ports/$1/ana_groups/$2/ana_state ;;
   esac
+}
+
+# Put the ANA states back to the configured ones (port 1 optimized, port 2
+# inaccessible); the runner calls this after every check, so a check that
+# failed half-way through an ANA change does not break the next one.
+target_restore_ana() {
+  target_ana_set 1 $TGT_ANA_GROUP optimized >/dev/null &&
+    target_ana_set 2 $TGT_ANA_GROUP inaccessible >/dev/null
 }

@@ -1,0 +1,164 @@
+//! A reactor's view of one namespace's medium: its backend handle and, for a
+//! staged namespace, the staging log in front of it with the requests that
+//! wait on the log.
+//!
+//! A staged write is acknowledged when its record is durable in the ring
+//! (`durable_seq` passes its sequence); records become durable strictly in
+//! sequence order, so the waiters are a FIFO in sequence order. Commands that
+//! need the medium itself to be current — Flush and FUA writes on a volatile
+//! domain, Write Zeroes and Deallocate (which bypass the ring) — wait until
+//! the flusher has released everything staged before them. Requests are named
+//! by their transport tag; a tag whose connection went away is simply
+//! dropped by the transport when it comes back.
+
+use std::collections::VecDeque;
+
+use tandem_env::MappedRegion;
+use tracing::warn;
+
+use crate::backend::{Backend, BackendCompletion};
+use crate::ha::{FlusherEvent, StagingLog};
+
+/// What to do with a request once the medium holds everything before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterRelease {
+    /// Complete it (Flush, FUA write).
+    Complete,
+    /// Submit its own backend work now (Write Zeroes, Deallocate).
+    Execute,
+}
+
+/// A request that became ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// A staged write is durable in the ring (sequence `seq`).
+    Durable { tag: u64, seq: u64 },
+    /// The medium holds everything the request waited for.
+    Released { tag: u64, then: AfterRelease },
+}
+
+/// Staging state of one namespace on the reactor that owns its log.
+pub struct Staged {
+    pub log: StagingLog<MappedRegion>,
+    /// The domain loses data on power loss: FUA and Flush must reach the medium.
+    pub volatile: bool,
+    pub nsid: u32,
+    pub block_bytes: u32,
+    /// Reserved writes in sequence order, acknowledged when durable.
+    awaiting_durable: VecDeque<(u64, u64)>,
+    /// Requests waiting for `released_seq >= seq`, in sequence order.
+    awaiting_release: VecDeque<(u64, u64, AfterRelease)>,
+    /// Requests waiting for ring space (R2T writes not yet started).
+    pub awaiting_space: VecDeque<u64>,
+}
+
+/// Waiters kept per staged namespace at most; beyond, the transport's own
+/// request limits apply first (one entry per outstanding command).
+const WAITERS_PREALLOCATED: usize = 4096;
+
+impl Staged {
+    pub fn new(log: StagingLog<MappedRegion>, volatile: bool, nsid: u32, block_bytes: u32) -> Staged {
+        Staged {
+            log,
+            volatile,
+            nsid,
+            block_bytes,
+            awaiting_durable: VecDeque::with_capacity(WAITERS_PREALLOCATED),
+            awaiting_release: VecDeque::with_capacity(WAITERS_PREALLOCATED),
+            awaiting_space: VecDeque::with_capacity(WAITERS_PREALLOCATED),
+        }
+    }
+
+    /// Registers a reserved write; call in reservation (sequence) order.
+    pub fn await_durable(&mut self, seq: u64, tag: u64) {
+        debug_assert!(self.awaiting_durable.back().is_none_or(|(s, _)| *s < seq));
+        self.awaiting_durable.push_back((seq, tag));
+    }
+
+    /// Registers a request that waits for everything up to `seq` on the medium.
+    pub fn await_release(&mut self, seq: u64, tag: u64, then: AfterRelease) {
+        if self.awaiting_release.back().is_some_and(|(s, _, _)| *s > seq) {
+            // Keep the queue sorted (a FUA write can register after a later Flush).
+            let at = self.awaiting_release.partition_point(|(s, _, _)| *s <= seq);
+            self.awaiting_release.insert(at, (seq, tag, then));
+        } else {
+            self.awaiting_release.push_back((seq, tag, then));
+        }
+    }
+
+    /// Moves every waiter whose condition holds into `out`.
+    pub fn collect_ready(&mut self, out: &mut Vec<Ready>) {
+        let durable = self.log.durable_seq();
+        while let Some(&(seq, tag)) = self.awaiting_durable.front() {
+            if seq > durable {
+                break;
+            }
+            self.awaiting_durable.pop_front();
+            out.push(Ready::Durable { tag, seq });
+        }
+        let released = self.log.released_seq();
+        while let Some(&(seq, tag, then)) = self.awaiting_release.front() {
+            if seq > released {
+                break;
+            }
+            self.awaiting_release.pop_front();
+            out.push(Ready::Released { tag, then });
+        }
+    }
+
+    /// Whether anything waits on the flusher (the reactor must keep polling).
+    pub fn has_waiters(&self) -> bool {
+        !self.awaiting_durable.is_empty()
+            || !self.awaiting_release.is_empty()
+            || !self.awaiting_space.is_empty()
+    }
+}
+
+/// One namespace's medium as this reactor sees it.
+pub struct NsMedia {
+    pub backend: Box<dyn Backend>,
+    pub staged: Option<Staged>,
+}
+
+impl NsMedia {
+    pub fn direct(backend: Box<dyn Backend>) -> NsMedia {
+        NsMedia { backend, staged: None }
+    }
+
+    /// Runs the flusher and moves backend completions that are not the
+    /// flusher's into `out`. Returns whether anything happened.
+    pub fn poll(
+        &mut self,
+        now_ms: u64,
+        scratch: &mut Vec<BackendCompletion>,
+        out: &mut Vec<BackendCompletion>,
+    ) -> bool {
+        let mut busy = false;
+        scratch.clear();
+        busy |= self.backend.poll_completions(scratch) > 0;
+        match self.staged.as_mut() {
+            None => out.append(scratch),
+            Some(st) => {
+                for c in scratch.drain(..) {
+                    if let Some(other) = st.log.on_backend_completion(&self.backend, c, now_ms) {
+                        out.push(other);
+                    }
+                }
+                busy |= st.log.poll_flusher(&mut self.backend, now_ms) > 0;
+                while let Some(event) = st.log.take_event() {
+                    match event {
+                        FlusherEvent::WriteFailed { .. } | FlusherEvent::FlushFailed { .. } => {
+                            warn!(
+                                nsid = st.nsid,
+                                ?event,
+                                "medium write failed: records stay staged and are retried"
+                            );
+                        }
+                        other => warn!(nsid = st.nsid, event = ?other, "staging log event"),
+                    }
+                }
+            }
+        }
+        busy
+    }
+}

@@ -44,7 +44,11 @@ pub enum EnvError {
     Mmap { bytes: usize, errno: i32 },
     /// A `pmem` domain was asked for on a file or device without DAX
     /// (MAP_SYNC refused), so CPU cache flushes would not make data durable.
-    #[error("{} is not on a DAX filesystem or device (MAP_SYNC refused: errno {errno}); use the `file` or `shm` domain instead", path.display())]
+    #[error(
+        "{} is not on a DAX filesystem or device (MAP_SYNC refused: errno {errno}); \
+         use the `file` or `shm` domain instead",
+        path.display()
+    )]
     NotDax { path: PathBuf, errno: i32 },
     /// The platform lacks something this operation needs.
     #[error("unsupported on this platform: {what}")]

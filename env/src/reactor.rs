@@ -390,7 +390,8 @@ impl<M: Send + 'static> Reactor<M> {
         if let Some(core) = self.config.core {
             pin_to_core(core)?;
         }
-        tracing::info!(reactor = %self.config.name, core = ?self.config.core, mode = ?self.config.mode, "reactor running");
+        let config = &self.config;
+        tracing::info!(reactor = %config.name, core = ?config.core, mode = ?config.mode, "reactor running");
         self.ctx.stop = false;
         self.ctx.now = Instant::now();
         app.on_start(&mut self.ctx);

@@ -674,7 +674,10 @@ fn convert_ports(
                 _ => {
                     return Err(field_error(
                         gp,
-                        format!("expected optimized, non-optimized, inaccessible, persistent-loss or change, got {s:?}"),
+                        format!(
+                            "expected optimized, non-optimized, inaccessible, persistent-loss or change, \
+                             got {s:?}"
+                        ),
                     ))
                 }
             };
@@ -900,7 +903,8 @@ mod tests {
         EXAMPLE.replacen(from, to, 1)
     }
 
-    const SECOND_NS: &str = "\n[[subsystems.namespaces]]\nnsid = 2\nana_group = 2\nbackend = \"ram\"\nsize = \"1GiB\"\nblock_size = 512\n";
+    const SECOND_NS: &str = "\n[[subsystems.namespaces]]\nnsid = 2\nana_group = 2\nbackend = \"ram\"\n\
+                             size = \"1GiB\"\nblock_size = 512\n";
 
     #[test]
     fn bad_size_names_the_field_path() {

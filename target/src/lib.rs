@@ -5,8 +5,8 @@
 pub mod backend;
 pub mod config;
 pub mod ctrl;
+pub mod demo;
 pub mod ha;
 pub mod rpc;
-pub mod transport;
 pub mod serve;
-pub mod demo;
+pub mod transport;

@@ -312,7 +312,8 @@ impl RpcHandler for NodeRpc {
                     "heal" => control.heal(),
                     other => {
                         return Err(format!(
-                            "params.action: {other:?} is not fail_writes_after, fail_writes_in, fail_flush, fail_reads or heal"
+                            "params.action: {other:?} is not fail_writes_after, fail_writes_in, \
+                             fail_flush, fail_reads or heal"
                         ))
                     }
                 }
@@ -426,7 +427,8 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
         for (ni, ns) in s.namespaces.iter().enumerate() {
             let field = format!("subsystems[{si}].namespaces[{ni}]");
             let (m, g) = Medium::open(ns, queue_depth_max * 2, &field)?;
-            info!(subsystem = %s.nqn, nsid = ns.nsid, blocks = g.block_count, block_size = g.block_size_bytes, backend = ?ns.backend, "namespace ready");
+            let (blocks, block_size) = (g.block_count, g.block_size_bytes);
+            info!(subsystem = %s.nqn, nsid = ns.nsid, blocks, block_size, backend = ?ns.backend, "namespace ready");
             geometries.push((s.nqn.clone(), ns.nsid, g));
             list.push(m);
         }
@@ -445,15 +447,6 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    let mut listeners = Vec::new();
-    for (i, p) in config.ports.iter().enumerate() {
-        let l = TcpListener::bind(p.addr)
-            .with_context(|| format!("ports[{i}].addr: cannot listen on {}", p.addr))?;
-        l.set_nonblocking(true)?;
-        info!(port = p.id, addr = %p.addr, "listening (nvme/tcp)");
-        listeners.push((l, p.id));
-    }
-
     let transport_limits = TransportLimits {
         mdts_bytes: limits.mdts_bytes as usize,
         in_capsule_bytes: limits.in_capsule_data_bytes as usize,
@@ -466,8 +459,11 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     let mut joins = Vec::new();
     let mut faults: Vec<(String, u32, FaultControl)> = Vec::new();
-    // Reactors 1.. first, so reactor 0 can be given their mailboxes.
-    for (i, &core) in config.node.cores.iter().enumerate().rev() {
+    // Every reactor's media first: staging rings are recovered (their writes
+    // replayed to the media) before any port is bound, so no host can reach
+    // the node while the media are behind.
+    let mut per_reactor = Vec::new();
+    for i in 0..config.node.cores.len() {
         let mut backends = Vec::new();
         for &si in &order {
             let sub = &config.subsystems[si];
@@ -499,6 +495,20 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
             }
             backends.push(list);
         }
+        per_reactor.push(backends);
+    }
+    let mut listeners = Vec::new();
+    for (i, p) in config.ports.iter().enumerate() {
+        let l = TcpListener::bind(p.addr)
+            .with_context(|| format!("ports[{i}].addr: cannot listen on {}", p.addr))?;
+        l.set_nonblocking(true)?;
+        info!(port = p.id, addr = %p.addr, "listening (nvme/tcp)");
+        listeners.push((l, p.id));
+    }
+
+    // Reactors 1.. first, so reactor 0 can be given their mailboxes.
+    for (i, &core) in config.node.cores.iter().enumerate().rev() {
+        let backends = per_reactor.pop().ok_or_else(|| anyhow!("reactor {i}: no media"))?;
         let pool = BufferPool::new(&format!("reactor{i}"), chunk_bytes, queue_depth_max * 16)
             .map_err(|e| anyhow!("buffer pool: {e}"))?;
         let group =

@@ -85,6 +85,9 @@ pub struct NodeProcess {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub ports: Vec<SocketAddr>,
+    /// The working directory of the process (relative paths in its config
+    /// resolve here); the test's own when None.
+    workdir: Option<PathBuf>,
 }
 
 impl NodeProcess {
@@ -94,14 +97,37 @@ impl NodeProcess {
         let config_path = dir.join(format!("{name}.toml"));
         let log_path = dir.join(format!("{name}.log"));
         fs::write(&config_path, config).expect("write config");
-        let mut node = NodeProcess { child: None, config_path, log_path, ports: ports.to_vec() };
+        let mut node =
+            NodeProcess { child: None, config_path, log_path, ports: ports.to_vec(), workdir: None };
+        node.spawn();
+        node
+    }
+
+    /// As `start`, with `dir` also the process's working directory, so a
+    /// config with relative paths (like `tandem config example`) keeps its
+    /// files inside the scratch directory.
+    pub fn start_in(dir: &Path, name: &str, config: &str, ports: &[SocketAddr]) -> NodeProcess {
+        let config_path = dir.join(format!("{name}.toml"));
+        let log_path = dir.join(format!("{name}.log"));
+        fs::write(&config_path, config).expect("write config");
+        let mut node = NodeProcess {
+            child: None,
+            config_path,
+            log_path,
+            ports: ports.to_vec(),
+            workdir: Some(dir.to_path_buf()),
+        };
         node.spawn();
         node
     }
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open log");
-        let child = Command::new(tandem_bin())
+        let mut command = Command::new(tandem_bin());
+        if let Some(dir) = &self.workdir {
+            command.current_dir(dir);
+        }
+        let child = command
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -305,7 +331,10 @@ pub fn test_config(ports: &[PortSpec], remote_ports: &[PortSpec], rpc_socket: Op
         ));
     }
     for p in remote_ports {
-        s.push_str(&format!("\n[[remote_ports]]\nid = {}\ntransport = \"tcp\"\naddr = \"{}\"\n", p.id, p.addr));
+        s.push_str(&format!(
+            "\n[[remote_ports]]\nid = {}\ntransport = \"tcp\"\naddr = \"{}\"\n",
+            p.id, p.addr
+        ));
     }
     s.push_str(&format!(
         "\n[[subsystems]]\nnqn = \"{TEST_SUBNQN}\"\nserial = \"{TEST_SERIAL}\"\nmodel = \"{TEST_MODEL}\"\n\
@@ -322,7 +351,12 @@ pub fn test_config(ports: &[PortSpec], remote_ports: &[PortSpec], rpc_socket: Op
 }
 
 /// Starts `tandem serve` with `test_config` in a fresh scratch directory.
-pub fn start_test_node(name: &str, ports: &[PortSpec], remote_ports: &[PortSpec], rpc: bool) -> (Scratch, NodeProcess) {
+pub fn start_test_node(
+    name: &str,
+    ports: &[PortSpec],
+    remote_ports: &[PortSpec],
+    rpc: bool,
+) -> (Scratch, NodeProcess) {
     let dir = Scratch::new(name);
     let rpc_path = dir.path.join("rpc.sock");
     let config = test_config(ports, remote_ports, rpc.then_some(rpc_path.as_path()));

@@ -218,12 +218,22 @@ impl RawConn {
     /// Sends a capsule (data in capsule when `in_capsule`, else after R2T),
     /// follows R2Ts and C2HData, and returns the completion and read data.
     /// `data_in_len` is the SGL length for data coming back.
-    pub fn command(&mut self, mut sqe: Sqe, data_out: &[u8], data_in_len: usize, in_capsule: bool) -> (Cqe, Vec<u8>) {
+    pub fn command(
+        &mut self,
+        mut sqe: Sqe,
+        data_out: &[u8],
+        data_in_len: usize,
+        in_capsule: bool,
+    ) -> (Cqe, Vec<u8>) {
         let cid = self.cid();
         sqe.set_cid(cid);
         sqe.set_psdt(1);
         let len = data_out.len().max(data_in_len) as u32;
-        let id = if in_capsule && !data_out.is_empty() { SGL_ID_DATA_BLOCK_OFFSET } else { SGL_ID_TRANSPORT_DATA_BLOCK };
+        let id = if in_capsule && !data_out.is_empty() {
+            SGL_ID_DATA_BLOCK_OFFSET
+        } else {
+            SGL_ID_TRANSPORT_DATA_BLOCK
+        };
         sqe.set_sgl(SglDescriptor::new(0, len, id));
         let capsule_data = if in_capsule { data_out } else { &[][..] };
         self.send(&PduHeader::CapsuleCmd { sqe }, capsule_data);
@@ -314,7 +324,9 @@ impl RawConn {
             if now >= deadline {
                 return false;
             }
-            self.stream.set_read_timeout(Some((deadline - now).min(Duration::from_millis(200)))).expect("timeout");
+            self.stream
+                .set_read_timeout(Some((deadline - now).min(Duration::from_millis(200))))
+                .expect("timeout");
             match self.stream.read(&mut one) {
                 Ok(0) => return true,
                 Ok(_) => panic!("unexpected data from the target while waiting for a close"),

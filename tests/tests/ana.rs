@@ -41,8 +41,9 @@ fn ana_log(c: &mut RawConn) -> (u64, Vec<(u32, u8, Vec<u32>)>) {
 
 fn rpc_ana_set(socket: &str, port: u16, state: &str) {
     let port = port.to_string();
-    let (code, out, err) =
-        run_tandem(&["rpc", "--socket", socket, "ana-set", "--port", &port, "--group", "1", "--state", state]);
+    let (code, out, err) = run_tandem(&[
+        "rpc", "--socket", socket, "ana-set", "--port", &port, "--group", "1", "--state", state,
+    ]);
     assert_eq!(code, 0, "tandem rpc ana-set: {out}{err}");
 }
 
@@ -103,7 +104,7 @@ fn ana_states_events_and_log() {
     let (count_after, groups) = ana_log(&mut a1);
     assert_eq!(groups, vec![(1, ANA_INACCESSIBLE, vec![1])], "port 1's ANA log after");
     assert!(count_after > count_before, "change count grows: {count_before} -> {count_after}");
-    let (_, d) = via2.get_log_page(LID_ANA, 0xFFFF_FFFF, 4096).expect("port 2's ANA log");
+    let d = via2.get_log_page(LID_ANA, 0xFFFF_FFFF, 4096).expect("port 2's ANA log");
     assert_eq!(d[16 + 16] & 0x0F, ANA_OPTIMIZED, "port 2's ANA log shows group 1 optimized");
 
     // I/O via port 2 now succeeds (on the same queue that was refused).

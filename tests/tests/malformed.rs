@@ -166,9 +166,24 @@ fn io_checks(addr: SocketAddr) {
         ("read of nsid 7", rw_sqe(opc::READ, 7, 0, 0), BS, NvmeStatus::INVALID_NAMESPACE),
         ("read of nsid FFFFFFFFh", rw_sqe(opc::READ, 0xFFFF_FFFF, 0, 0), BS, NvmeStatus::INVALID_NAMESPACE),
         ("read of nsid 0", rw_sqe(opc::READ, 0, 0, 0), BS, NvmeStatus::INVALID_NAMESPACE),
-        ("read at the first LBA past the end", rw_sqe(opc::READ, 1, BLOCKS, 0), BS, NvmeStatus::LBA_OUT_OF_RANGE),
-        ("read of 2 blocks over the end", rw_sqe(opc::READ, 1, BLOCKS - 1, 1), 2 * BS, NvmeStatus::LBA_OUT_OF_RANGE),
-        ("read whose SLBA + NLB wraps u64", rw_sqe(opc::READ, 1, u64::MAX - 1, 3), 4 * BS, NvmeStatus::LBA_OUT_OF_RANGE),
+        (
+            "read at the first LBA past the end",
+            rw_sqe(opc::READ, 1, BLOCKS, 0),
+            BS,
+            NvmeStatus::LBA_OUT_OF_RANGE,
+        ),
+        (
+            "read of 2 blocks over the end",
+            rw_sqe(opc::READ, 1, BLOCKS - 1, 1),
+            2 * BS,
+            NvmeStatus::LBA_OUT_OF_RANGE,
+        ),
+        (
+            "read whose SLBA + NLB wraps u64",
+            rw_sqe(opc::READ, 1, u64::MAX - 1, 3),
+            4 * BS,
+            NvmeStatus::LBA_OUT_OF_RANGE,
+        ),
         // 33 blocks of 4 KiB = 132 KiB, over the 128 KiB MDTS.
         ("read over MDTS", rw_sqe(opc::READ, 1, 0, 32), 33 * BS, NvmeStatus::INVALID_FIELD),
     ];

@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use tandem_nvmf::host::{ConnectOptions, HostController};
+use tandem_target::config::Config;
 use tandem_tests::raw::RawConn;
 use tandem_tests::{
     free_port, loopback, run_tandem, run_tandem_timeout, start_test_node, test_config, NodeProcess, PortSpec,
@@ -31,28 +32,45 @@ fn example_config_runs_as_printed() {
     let (code, example, err) = run_tandem(&["config", "example"]);
     assert_eq!(code, 0, "tandem config example: {err}");
     assert!(example.contains("127.0.0.1:4420"), "the example listens on 4420");
-    // Run it as printed; only if another process holds 4420 on this machine
-    // move it to a free port (the text is otherwise untouched).
-    let mut config = example.clone();
-    let mut addr = loopback(4420);
-    if TcpListener::bind(addr).is_err() {
-        addr = loopback(free_port());
-        config = config.replace("127.0.0.1:4420", &addr.to_string());
-        eprintln!("port 4420 is busy here; the example runs on {addr}");
-    }
+    assert!(example.contains("name = \"a\""), "the example's node is \"a\"");
+    // Two substitutions, and only these: a free port instead of 4420 (which
+    // other tests or a real target may hold) and a node name of our own,
+    // because the example's shm staging ring is /dev/shm/tandem-<name>, a
+    // machine-wide name that must not collide with another run. The example
+    // runs with the scratch directory as its working directory, where its
+    // relative data_dir (the namespace image) then lives.
+    let addr = loopback(free_port());
+    let node_name = format!("example-test-{}", std::process::id());
+    let config = example.replace("127.0.0.1:4420", &addr.to_string()).replacen(
+        "name = \"a\"",
+        &format!("name = \"{node_name}\""),
+        1,
+    );
+    let parsed = Config::parse(&config).expect("the example parses");
+    let subsystem = &parsed.subsystems[0];
+    let ns = &subsystem.namespaces[0];
+    let shm_ring = std::path::PathBuf::from(format!("/dev/shm/tandem-{node_name}"));
+
     let dir = Scratch::new("example");
-    let mut node = NodeProcess::start(&dir.path, "example", &config, &[addr]);
-    let opts = ConnectOptions::new(&addr.to_string(), "nqn.2026-11.io.tandem:demo");
+    let mut node = NodeProcess::start_in(&dir.path, "example", &config, &[addr]);
+    let opts = ConnectOptions::new(&addr.to_string(), &subsystem.nqn);
     let mut ctrl = HostController::connect(&opts).expect("connect to the example's subsystem");
-    let ns = ctrl.namespace(1).expect("namespace 1");
-    assert_eq!((ns.block_size, ns.num_blocks), (4096, (64 << 20) / 4096), "64 MiB of 4 KiB blocks");
+    let info = ctrl.namespace(ns.nsid).expect("the example's namespace");
+    let size = ns.size_bytes.expect("the example gives a size");
+    assert_eq!(
+        (info.block_size, info.num_blocks),
+        (ns.block_size, size / u64::from(ns.block_size)),
+        "namespace geometry as configured"
+    );
     let mut q = ctrl.take_io_queues().pop().expect("an I/O queue");
     let data: Vec<u8> = (0..16 * 4096).map(|i| (i * 7 % 251) as u8).collect();
-    q.write(1, 100, &data).expect("write");
+    q.write(ns.nsid, 100, &data).expect("write");
     let mut back = vec![0u8; data.len()];
-    q.read(1, 100, &mut back).expect("read");
+    q.read(ns.nsid, 100, &mut back).expect("read");
     assert!(back == data, "read-back equals the write");
     assert_eq!(node.terminate(Duration::from_secs(10)), Some(0), "clean exit; log:\n{}", node.log());
+    let _ = std::fs::remove_dir_all(&shm_ring);
+    let _ = std::fs::remove_file(&shm_ring);
 }
 
 #[test]
@@ -85,13 +103,15 @@ fn bad_configs_exit_nonzero_naming_the_field() {
     assert!(err.contains("subsystems[0].namespaces[1].nsid"), "names the duplicate nsid:\n{err}");
 
     let missing = dir.path.join("no-such-config.toml");
-    let (code, _, err) = run_tandem_timeout(&["serve", "--config", &missing.to_string_lossy()], Duration::from_secs(30))
-        .expect("tandem serve exits on a missing config");
+    let (code, _, err) =
+        run_tandem_timeout(&["serve", "--config", &missing.to_string_lossy()], Duration::from_secs(30))
+            .expect("tandem serve exits on a missing config");
     assert_ne!(code, 0, "missing config file: {err}");
     assert!(err.contains("no-such-config.toml"), "names the missing file:\n{err}");
 
     // A file namespace whose image cannot be created.
-    let file_ns = good.replacen("backend = \"ram\"", "backend = \"file\"\npath = \"/proc/no-such-dir/ns1.img\"", 1);
+    let file_ns =
+        good.replacen("backend = \"ram\"", "backend = \"file\"\npath = \"/proc/no-such-dir/ns1.img\"", 1);
     let (_, err) = serve_fails(&dir, "missing-image", &file_ns);
     assert!(err.contains("subsystems[0].namespaces[0].path"), "names the image path field:\n{err}");
 }
@@ -107,7 +127,12 @@ fn sigterm_exits_zero_promptly_with_connections_open() {
     queues[0].write(1, 0, &[0x5A; 4096]).expect("write before SIGTERM");
     // One more connection that never finished its ICReq.
     let _half_open = RawConn::open(port.addr);
-    assert_eq!(node.terminate(Duration::from_secs(5)), Some(0), "exit status after SIGTERM; log:\n{}", node.log());
+    assert_eq!(
+        node.terminate(Duration::from_secs(5)),
+        Some(0),
+        "exit status after SIGTERM; log:\n{}",
+        node.log()
+    );
     let mut buf = [0u8; 4096];
     assert!(queues[1].read(1, 0, &mut buf).is_err(), "the target is gone after SIGTERM");
 }

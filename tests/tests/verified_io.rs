@@ -28,7 +28,10 @@ fn check_clean(report: &Value, ios_min: u64) {
     assert_eq!(f["verify_errors"], 0, "verify mismatches in {report:#}");
     let ios = f["ios"].as_u64().expect("ios is a number");
     assert!(ios >= ios_min, "only {ios} I/Os ran, expected {ios_min}: {report:#}");
-    assert!(f["reads"].as_u64().unwrap_or(0) > 0 && f["writes"].as_u64().unwrap_or(0) > 0, "a mix: {report:#}");
+    assert!(
+        f["reads"].as_u64().unwrap_or(0) > 0 && f["writes"].as_u64().unwrap_or(0) > 0,
+        "a mix: {report:#}"
+    );
     assert!(f["verified_blocks"].as_u64().unwrap_or(0) > 0, "reads were verified: {report:#}");
 }
 
@@ -48,8 +51,22 @@ fn hundred_thousand_random_verified_ios_have_zero_errors() {
     let report = perf(
         &addr,
         &[
-            "--rw", "randrw", "--bs", "16k", "--qd", "16", "--queues", "2", "--ios", "10000", "--size", "2m",
-            "--header-digest", "--data-digest", "--seed", "7",
+            "--rw",
+            "randrw",
+            "--bs",
+            "16k",
+            "--qd",
+            "16",
+            "--queues",
+            "2",
+            "--ios",
+            "10000",
+            "--size",
+            "2m",
+            "--header-digest",
+            "--data-digest",
+            "--seed",
+            "7",
         ],
     );
     check_clean(&report, 10_000);

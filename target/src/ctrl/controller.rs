@@ -48,6 +48,8 @@ const ANACAP: u8 = 0x1F | (1 << 6);
 const EVENT_ANA: u8 = 1 << 0;
 const EVENT_NS_ATTR: u8 = 1 << 1;
 const EVENT_DISCOVERY: u8 = 1 << 2;
+/// The largest Dataset Management buffer accepted: one page, as hosts send.
+const DSM_BUFFER_BYTES_MAX: u32 = 4096;
 
 /// What an admin command produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -598,9 +600,12 @@ impl Controller {
             return fail(cid, st);
         }
         if !g.rae && event != 0 {
+            // Reading the log unmasks its event. An event raised but not yet
+            // reported stays pending: the host may read the log because an
+            // I/O got an ANA status first, and must still get the notice
+            // (as the Linux target does), or it never learns from the event.
             let mut s = lock(&self.state);
             s.masked &= !event;
-            s.pending &= !event;
             self.update_event_ready(&s);
         }
         ok(cid, 0)
@@ -759,7 +764,14 @@ impl Controller {
             nvm_opc::DATASET_MANAGEMENT => {
                 let ranges = nvm::dsm_range_count(sqe.cdw10());
                 let kind = IoKind::DatasetManagement { ranges, deallocate: nvm::dsm_deallocate(sqe.cdw11()) };
-                (kind, 0, 0, ranges * DSM_RANGE_BYTES as u32)
+                // The ranges come first; a host may send a larger buffer (Linux
+                // sends a whole 4 KiB page for a discard), as nvmet accepts.
+                let needed = ranges * DSM_RANGE_BYTES as u32;
+                let sent = sqe.sgl().length();
+                if sent < needed || sent > needed.max(DSM_BUFFER_BYTES_MAX) {
+                    return Err(NvmeStatus::DATA_SGL_LENGTH_INVALID);
+                }
+                (kind, 0, 0, sent)
             }
             _ => (IoKind::Flush, 0, 0, 0),
         };

@@ -28,7 +28,10 @@ pub enum RecoveryError {
     Superblock(#[from] SuperblockError),
     #[error("staging ring control block: neither slot has a valid CRC")]
     NoControlBlock,
-    #[error("staging ring control block head offset {head_offset} is not an aligned offset inside the {area_bytes}-byte area")]
+    #[error(
+        "staging ring control block head offset {head_offset} is not an aligned offset \
+         inside the {area_bytes}-byte area"
+    )]
     BadHeadOffset { head_offset: u64, area_bytes: u64 },
     #[error(
         "staging record {seq} at region offset {offset} is {reason}, but a valid later record {later_seq} \

@@ -369,10 +369,34 @@ impl PollGroup {
             }
         }
         busy |= self.retry_backend_waiters();
+        self.deliver_async_events();
         for m in self.media.iter_mut().flatten() {
             m.backend.kick();
         }
         busy
+    }
+
+    /// Sends the completions of parked Asynchronous Event Requests whose
+    /// event is pending: checked on every poll (one atomic load per admin
+    /// queue), so a host hears of an ANA change before its I/O meets it.
+    fn deliver_async_events(&mut self) {
+        for conn in self.conns.iter_mut().flatten() {
+            let Phase::Admin(ctrl) = &conn.phase else { continue };
+            if !ctrl.async_event_ready() {
+                continue;
+            }
+            let ctrl = ctrl.clone();
+            while let Some(cqe) = ctrl.take_async_event() {
+                let cid = cqe.cid();
+                let parked =
+                    conn.reqs.0.iter().position(|r| r.state == ReqState::Parked && r.sqe.cid() == cid);
+                let Some(idx) = parked else {
+                    warn!(cid, "async event for a request that is not parked here");
+                    continue;
+                };
+                respond_cqe(conn, idx as u16, cqe);
+            }
+        }
     }
 
     /// Periodic work: keep-alive expiry, asynchronous events.
@@ -1398,7 +1422,8 @@ impl PollGroup {
         self.stats.connections_closed += 1;
         match &why {
             Close::Fatal { term, reason } => {
-                warn!(peer = %conn.peer, fes = term.fes, fei = term.fei, %reason, "protocol error: C2HTermReq, closing");
+                let (fes, fei) = (term.fes, term.fei);
+                warn!(peer = %conn.peer, fes, fei, %reason, "protocol error: C2HTermReq, closing");
                 self.stats.term_reqs_sent += 1;
                 let mut freed = Vec::new();
                 conn.sendq.clear(&mut freed);

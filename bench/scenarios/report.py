@@ -42,6 +42,8 @@ def issue2(out):
         ("128 KiB read QD8", "read-128k-qd8"),
         ("128 KiB write QD8", "write-128k-qd8"),
     ]
+    if not glob.glob(os.path.join(out, "issue2", "*.json")):
+        return
     print("### Issue 2: RAM backend, one reactor, loopback, 1 queue (NVMe/TCP vs plain-TCP baseline)")
     print()
     print("| workload | side | kIOPS | MB/s | p50 µs | p99 µs | p99.9 µs |")
@@ -94,31 +96,36 @@ def issue4(out):
     ]
     if not glob.glob(os.path.join(out, "issue4", "*.json")):
         return
-    print("### Issue 4: 4 KiB randwrite, 1 queue, staging vs write-through vs RAM")
-    print()
-    print("| backend | QD1 p50 µs | QD1 mean µs | QD1 p99 µs | QD1 p99.9 µs | QD32 kIOPS | QD32 p99 µs | QD1 mean vs RAM | QD32 IOPS vs RAM |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    ram1 = load(os.path.join(out, "issue4", "ram-randwrite-4k-qd1.rep*.json"))
-    ram32 = load(os.path.join(out, "issue4", "ram-randwrite-4k-qd32.rep*.json"))
-    for key, label in variants:
-        q1 = load(os.path.join(out, "issue4", f"{key}-randwrite-4k-qd1.rep*.json"))
-        q32 = load(os.path.join(out, "issue4", f"{key}-randwrite-4k-qd32.rep*.json"))
-        if not q1 or not q32:
-            continue
-        l1 = [r["nvme_tcp"]["latency_us"] for r in q1]
-        f32 = [r["nvme_tcp"] for r in q32]
-        # Variants run in separate target processes one after another, so the
-        # ratio pairs repetition i of each (the same run.sh run).
-        vs1 = [a["nvme_tcp"]["latency_us"]["mean"] / b["nvme_tcp"]["latency_us"]["mean"] for a, b in zip(q1, ram1)]
-        vs32 = [a["nvme_tcp"]["iops"] / b["nvme_tcp"]["iops"] for a, b in zip(q32, ram32)]
-        errors = sum(r["errors"] for r in q1 + q32)
-        print(
-            f"| {label}{' (' + str(errors) + ' errors)' if errors else ''} | {cell([l['p50'] for l in l1], '{:.1f}')} "
-            f"| {cell([l['mean'] for l in l1], '{:.1f}')} | {cell([l['p99'] for l in l1], '{:.0f}')} "
-            f"| {cell([l['p99_9'] for l in l1], '{:.0f}')} | {cell([kiops(x['iops']) for x in f32], '{:.1f}')} "
-            f"| {cell([x['latency_us']['p99'] for x in f32], '{:.0f}')} | {cell(vs1, '{:.2f}')}x | {cell(vs32, '{:.2f}')}x |"
-        )
-    print()
+    for phase, suffix, text in (
+        ("burst", "-burst", "a burst that fits in the ring (fresh target, empty ring)"),
+        ("sustained", "", "sustained, right after the burst (the ring fills if the flusher cannot keep up)"),
+    ):
+        print(f"### Issue 4: 4 KiB randwrite, 1 queue, {text}")
+        print()
+        print("| backend | QD1 p50 µs | QD1 mean µs | QD1 p99 µs | QD1 p99.9 µs | QD32 kIOPS | QD32 p50 µs | QD32 p99 µs | QD1 mean vs RAM | QD32 IOPS vs RAM |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        ram1 = load(os.path.join(out, "issue4", f"ram-randwrite-4k-qd1{suffix}.rep*.json"))
+        ram32 = load(os.path.join(out, "issue4", f"ram-randwrite-4k-qd32{suffix}.rep*.json"))
+        for key, label in variants:
+            q1 = load(os.path.join(out, "issue4", f"{key}-randwrite-4k-qd1{suffix}.rep*.json"))
+            q32 = load(os.path.join(out, "issue4", f"{key}-randwrite-4k-qd32{suffix}.rep*.json"))
+            if not q1 or not q32:
+                continue
+            l1 = [r["nvme_tcp"]["latency_us"] for r in q1]
+            f32 = [r["nvme_tcp"] for r in q32]
+            # Variants run in separate target processes one after another, so
+            # the ratio pairs repetition i of each (the same run.sh run).
+            vs1 = [a["nvme_tcp"]["latency_us"]["mean"] / b["nvme_tcp"]["latency_us"]["mean"] for a, b in zip(q1, ram1)]
+            vs32 = [a["nvme_tcp"]["iops"] / b["nvme_tcp"]["iops"] for a, b in zip(q32, ram32)]
+            errors = sum(r["errors"] for r in q1 + q32)
+            print(
+                f"| {label}{' (' + str(errors) + ' errors)' if errors else ''} | {cell([l['p50'] for l in l1], '{:.1f}')} "
+                f"| {cell([l['mean'] for l in l1], '{:.1f}')} | {cell([l['p99'] for l in l1], '{:.0f}')} "
+                f"| {cell([l['p99_9'] for l in l1], '{:.0f}')} | {cell([kiops(x['iops']) for x in f32], '{:.1f}')} "
+                f"| {cell([x['latency_us']['p50'] for x in f32], '{:.0f}')} "
+                f"| {cell([x['latency_us']['p99'] for x in f32], '{:.0f}')} | {cell(vs1, '{:.2f}')}x | {cell(vs32, '{:.2f}')}x |"
+            )
+        print()
     live = load(os.path.join(out, "issue4", "drain-live.rep*.json"))
     stalled = load(os.path.join(out, "issue4", "drain-stalled.rep*.json"))
     fio = load(os.path.join(out, "issue4", "fio.rep*.json"))

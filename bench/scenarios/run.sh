@@ -34,6 +34,7 @@ WORK=$OUT/work               # target data dirs and the medium files (same fs as
 SHM=/dev/shm/tandem-bench-$$ # staging rings
 NQN=nqn.2026-11.io.tandem:bench
 RING=${RING:-64MiB}          # staging ring of the latency/IOPS runs (the config default)
+BURST_MIB=${BURST_MIB:-32}   # issue 4 burst phase: fits in RING
 DRAIN_MIB=${DRAIN_MIB:-192}  # sequential burst of the drain test...
 DRAIN_RING=${DRAIN_RING:-256MiB}  # ...into a ring that holds it all
 
@@ -156,15 +157,19 @@ if [[ $ONLY == all || $ONLY == issue4 ]]; then
         port=$(free_port)
         cfg=$(write_config "issue4-$variant" "$port" "$backend" "$staging" "$wt")
         for rep in $(seq 1 "$REPS"); do
-            # A fresh target (empty ring, sparse medium) per repetition, so a
-            # backlog left by one run does not slow the next.
-            start_target "$cfg" "$port"
             for qd in 1 32; do
-                log "issue4 $variant rep $rep: randwrite 4k qd=$qd"
+                # A fresh target (empty ring, sparse medium) per figure. First
+                # a burst that fits in the ring (BURST_MIB), then TIME_S more
+                # on the same target: with staging the ring then fills and the
+                # figure is the flusher's sustained rate.
+                start_target "$cfg" "$port"
+                log "issue4 $variant rep $rep: randwrite 4k qd=$qd, ${BURST_MIB} MiB burst then ${TIME_S}s"
+                perf_json "$OUT/issue4/$variant-randwrite-4k-qd$qd-burst.rep$rep.json" "$port" \
+                    --rw randwrite --bs 4k --qd "$qd" --ios $((BURST_MIB * 256)) --time 60
                 perf_json "$OUT/issue4/$variant-randwrite-4k-qd$qd.rep$rep.json" "$port" \
                     --rw randwrite --bs 4k --qd "$qd" --time "$TIME_S"
+                stop_target
             done
-            stop_target
         done
     done
 

@@ -388,7 +388,11 @@ impl<M: Send + 'static> Reactor<M> {
     /// Pins the calling thread (if configured) and runs `app` until a stop.
     pub fn run<A: ReactorApp<Message = M>>(&mut self, app: &mut A) -> Result<(), EnvError> {
         if let Some(core) = self.config.core {
-            pin_to_core(core)?;
+            // Pinned where possible: a core outside this process's CPU set
+            // (a container, a smaller machine) leaves the thread unpinned.
+            if let Err(e) = pin_to_core(core) {
+                tracing::warn!(reactor = %self.config.name, core, error = %e, "cannot pin the reactor; running unpinned");
+            }
         }
         let config = &self.config;
         tracing::info!(reactor = %config.name, core = ?config.core, mode = ?config.mode, "reactor running");

@@ -497,6 +497,18 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
         }
         per_reactor.push(backends);
     }
+    // The control socket answers before the ports open, so a caller that
+    // sees a port accept can use it at once.
+    let _rpc = match &config.node.rpc_socket {
+        Some(path) => Some(
+            RpcServer::start(
+                path,
+                Arc::new(NodeRpc { target: target.clone(), config: config.clone(), faults }),
+            )
+            .with_context(|| format!("node.rpc_socket: cannot listen on {}", path.display()))?,
+        ),
+        None => None,
+    };
     let mut listeners = Vec::new();
     for (i, p) in config.ports.iter().enumerate() {
         let l = TcpListener::bind(p.addr)
@@ -517,7 +529,7 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
         let peers = if i == 0 { handles.clone() } else { Vec::new() };
         let cfg = ReactorConfig {
             name: format!("reactor{i}"),
-            core: if reactors > 1 || core != 0 { Some(core) } else { None },
+            core: Some(core),
             mode: match mode {
                 PollMode::Busy => ReactorPollMode::Busy,
                 PollMode::Adaptive => ReactorPollMode::Adaptive,
@@ -537,16 +549,6 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
     }
     info!(node = %config.node.name, reactors, poll = ?mode, "node serving");
 
-    let _rpc = match &config.node.rpc_socket {
-        Some(path) => Some(
-            RpcServer::start(
-                path,
-                Arc::new(NodeRpc { target: target.clone(), config: config.clone(), faults }),
-            )
-            .with_context(|| format!("node.rpc_socket: cannot listen on {}", path.display()))?,
-        ),
-        None => None,
-    };
 
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])

@@ -823,8 +823,8 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
         }
     }
     assert!(
-        torn_tails > 10 && replayed_records > 100 && wrapped > 100,
-        "{torn_tails} {replayed_records} {wrapped}"
+        torn_tails > 10 && replayed_records > 100 && wrapped > 100 && crashes_in_recovery > 0,
+        "{torn_tails} {replayed_records} {wrapped} {crashes_in_recovery}"
     );
 }
 

@@ -352,7 +352,13 @@ fn open_staging(
     let existed = path.exists();
     let region = open_region(kind, &path, st.ring_bytes as usize)
         .map_err(|e| anyhow!("staging ring {}: {e}", path.display()))?;
-    let flusher = FlusherConfig { batch_bytes_max: mdts_bytes.max(1 << 20), ..FlusherConfig::default() };
+    // Many small batches in flight: random writes do not merge, and each
+    // medium Flush (fdatasync) then covers more of them.
+    let flusher = FlusherConfig {
+        batch_bytes_max: mdts_bytes.max(256 << 10),
+        batches_max: 128,
+        ..FlusherConfig::default()
+    };
     if !existed {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -399,7 +399,7 @@ impl PollGroup {
         }
     }
 
-    /// Periodic work: keep-alive expiry, asynchronous events.
+    /// Periodic work: keep-alive expiry (asynchronous events go out from `poll`).
     pub fn tick(&mut self) {
         let now = now_ms();
         for slot in 0..self.conns.len() {
@@ -413,19 +413,6 @@ impl PollGroup {
                     warn!(cntlid = ctrl.cntlid(), peer = %conn.peer, "keep-alive timeout: association torn down");
                 }
                 self.close_connection(slot, Close::Gone("keep-alive timeout".into()));
-                continue;
-            }
-            if matches!(conn.phase, Phase::Admin(_)) && ctrl.async_event_ready() {
-                while let Some(cqe) = ctrl.take_async_event() {
-                    let cid = cqe.cid();
-                    let parked =
-                        conn.reqs.0.iter().position(|r| r.state == ReqState::Parked && r.sqe.cid() == cid);
-                    let Some(idx) = parked else {
-                        warn!(cid, "async event for a request that is not parked here");
-                        continue;
-                    };
-                    respond_cqe(conn, idx as u16, cqe);
-                }
             }
         }
     }

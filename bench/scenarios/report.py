@@ -123,7 +123,7 @@ def issue4(out):
                 f"| {cell([l['mean'] for l in l1], '{:.1f}')} | {cell([l['p99'] for l in l1], '{:.0f}')} "
                 f"| {cell([l['p99_9'] for l in l1], '{:.0f}')} | {cell([kiops(x['iops']) for x in f32], '{:.1f}')} "
                 f"| {cell([x['latency_us']['p50'] for x in f32], '{:.0f}')} "
-                f"| {cell([x['latency_us']['p99'] for x in f32], '{:.0f}')} | {cell(vs1, '{:.2f}')}x | {cell(vs32, '{:.2f}')}x |"
+                f"| {cell([x['latency_us']['p99'] for x in f32], '{:.0f}')} | {cell(vs1, '{:.2f}x')} | {cell(vs32, '{:.2f}x')} |"
             )
         print()
     live = load(os.path.join(out, "issue4", "drain-live.rep*.json"))
@@ -143,7 +143,7 @@ def issue4(out):
     fio_med = statistics.median(fio_mb) if fio_mb else None
 
     def vs(values):
-        return cell([v / fio_med for v in values if v is not None], "{:.2f}") + "x" if fio_med else "n/a"
+        return cell([v / fio_med for v in values if v is not None], "{:.2f}x") if fio_med else "n/a"
 
     if stalled:
         d = [r["drain_mb_s"] for r in stalled]

@@ -60,6 +60,13 @@ impl Readiness {
     pub const WRITABLE: Readiness = Readiness { readable: false, writable: true };
     pub const BOTH: Readiness = Readiness { readable: true, writable: true };
 
+    fn from_epoll(flags: i32) -> Readiness {
+        Readiness {
+            readable: flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0,
+            writable: flags & (libc::EPOLLOUT | libc::EPOLLERR) != 0,
+        }
+    }
+
     fn epoll_events(self) -> u32 {
         let mut events = 0;
         if self.readable {
@@ -243,6 +250,8 @@ impl Timers {
 #[derive(Debug)]
 pub struct ReactorContext {
     epoll: OwnedFd,
+    /// Buffer of `ready_now`, allocated once.
+    ready_events: Vec<libc::epoll_event>,
     timers: Timers,
     now: Instant,
     stop: bool,
@@ -276,6 +285,41 @@ impl ReactorContext {
             return Err(EnvError::last_os("epoll_ctl"));
         }
         Ok(())
+    }
+
+    /// The registered fds ready right now, without waiting: one epoll_wait
+    /// with a zero timeout, so a spinning poller asks the kernel once which
+    /// of its sockets have something, instead of trying each. Level
+    /// triggered: an fd stays reported while it is ready. The mailbox is not
+    /// reported (the reactor drains it). `out` is cleared first; at most
+    /// `EPOLL_EVENTS_MAX` fds per call (the rest come on the next call).
+    pub fn ready_now(&mut self, out: &mut Vec<(u64, Readiness)>) -> Result<usize, EnvError> {
+        out.clear();
+        // SAFETY: `ready_events` is a live buffer of `len` epoll_event entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.ready_events.as_mut_ptr(),
+                self.ready_events.len() as i32,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = EnvError::last_os("epoll_wait");
+            if matches!(e, EnvError::Syscall { errno, .. } if errno == libc::EINTR) {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        for event in &self.ready_events[..n as usize] {
+            let token = event.u64;
+            if token == MAILBOX_TOKEN {
+                continue;
+            }
+            let flags = event.events as i32;
+            out.push((token, Readiness::from_epoll(flags)));
+        }
+        Ok(out.len())
     }
 
     /// Fires once after `delay`, then every `period` if given (period > 0).
@@ -352,6 +396,7 @@ impl<M: Send + 'static> Reactor<M> {
         let mailbox = Arc::new(Mailbox { queue: ArrayQueue::new(config.message_queue_max), wake });
         let mut ctx = ReactorContext {
             epoll,
+            ready_events: vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_EVENTS_MAX],
             timers: Timers::new(config.timer_max),
             now: Instant::now(),
             stop: false,
@@ -391,7 +436,8 @@ impl<M: Send + 'static> Reactor<M> {
             // Pinned where possible: a core outside this process's CPU set
             // (a container, a smaller machine) leaves the thread unpinned.
             if let Err(e) = pin_to_core(core) {
-                tracing::warn!(reactor = %self.config.name, core, error = %e, "cannot pin the reactor; running unpinned");
+                let name = &self.config.name;
+                tracing::warn!(reactor = %name, core, error = %e, "cannot pin the reactor; running unpinned");
             }
         }
         let config = &self.config;
@@ -484,12 +530,7 @@ impl<M: Send + 'static> Reactor<M> {
                 continue;
             }
             by_fd = true;
-            let flags = event.events as i32;
-            let readiness = Readiness {
-                readable: flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0,
-                writable: flags & (libc::EPOLLOUT | libc::EPOLLERR) != 0,
-            };
-            app.on_ready(token, readiness, &mut self.ctx);
+            app.on_ready(token, Readiness::from_epoll(event.events as i32), &mut self.ctx);
         }
         self.ctx.counters.wakeups_message += by_message as u64;
         self.ctx.counters.wakeups_fd += by_fd as u64;
@@ -793,6 +834,46 @@ mod tests {
         let counters = reactor.counters();
         assert!(counters.wakeups_fd >= 1, "{counters:?}");
         assert_eq!(counters.wakeups_timeout, 0);
+    }
+
+    /// Records what `ready_now` says before and after data arrives.
+    struct ReadyApp {
+        stream: UnixStream,
+        peer: UnixStream,
+        seen: Vec<Vec<(u64, Readiness)>>,
+    }
+
+    impl ReactorApp for ReadyApp {
+        type Message = ();
+        fn on_start(&mut self, ctx: &mut ReactorContext) {
+            ctx.register_fd(self.stream.as_raw_fd(), Readiness::READABLE, 9).expect("register");
+        }
+        fn poll(&mut self, ctx: &mut ReactorContext) -> PollStatus {
+            let mut ready = Vec::new();
+            ctx.ready_now(&mut ready).expect("ready_now");
+            self.seen.push(ready);
+            match self.seen.len() {
+                1 => self.peer.write_all(&[1]).expect("write"),
+                2 => {
+                    let mut b = [0u8; 1];
+                    self.stream.read_exact(&mut b).expect("read");
+                }
+                _ => ctx.stop(),
+            }
+            PollStatus::Busy
+        }
+        fn on_message(&mut self, _message: (), _ctx: &mut ReactorContext) {}
+    }
+
+    #[test]
+    fn ready_now_reports_only_fds_with_something_to_read() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let (mut reactor, _h) = Reactor::<()>::new(ReactorConfig::default()).expect("reactor");
+        let mut app = ReadyApp { stream: ours, peer: theirs, seen: Vec::new() };
+        reactor.run(&mut app).expect("run");
+        assert_eq!(app.seen[0], vec![], "nothing written yet");
+        assert_eq!(app.seen[1], vec![(9, Readiness::READABLE)], "the byte is waiting");
+        assert_eq!(app.seen[2], vec![], "the byte was read");
     }
 
     #[test]

@@ -110,9 +110,21 @@ struct NodeApp {
     peers: Vec<ReactorHandle<NodeMessage>>,
     next_peer: usize,
     scratch: Vec<(usize, std::os::fd::RawFd, bool)>,
+    /// Fds the kernel says are ready (one epoll_wait per poll).
+    ready: Vec<(u64, reactor::Readiness)>,
+    /// A listener was reported ready: accept on the next poll.
+    accept_pending: bool,
 }
 
 impl NodeApp {
+    fn note_ready(&mut self, token: u64, _ready: reactor::Readiness) {
+        if token & TOKEN_LISTENER != 0 {
+            self.accept_pending = true;
+        } else if token & TOKEN_BACKEND == 0 {
+            self.group.mark_ready(token as usize);
+        }
+    }
+
     fn adopt(&mut self, stream: TcpStream, port_id: u16, ctx: &mut ReactorContext) {
         if let Some((slot, fd)) = self.group.add_connection(stream, port_id) {
             if let Err(e) = ctx.register_fd(fd, reactor::Readiness::READABLE, slot as u64) {
@@ -178,7 +190,21 @@ impl ReactorApp for NodeApp {
     }
 
     fn poll(&mut self, ctx: &mut ReactorContext) -> PollStatus {
-        let mut busy = self.accept(ctx);
+        // Ask the kernel once which sockets have something, rather than
+        // trying an accept and a receive on each of them every pass.
+        let mut ready = std::mem::take(&mut self.ready);
+        if let Err(e) = ctx.ready_now(&mut ready) {
+            warn!(error = %e, "epoll_wait failed");
+        }
+        for &(token, r) in &ready {
+            self.note_ready(token, r);
+        }
+        self.ready = ready;
+        let mut busy = false;
+        if self.accept_pending {
+            self.accept_pending = false;
+            busy |= self.accept(ctx);
+        }
         busy |= self.group.poll();
         self.scratch.clear();
         self.group.write_interest_changes(&mut self.scratch);
@@ -201,6 +227,10 @@ impl ReactorApp for NodeApp {
 
     fn on_timer(&mut self, _id: reactor::TimerId, _ctx: &mut ReactorContext) {
         self.group.tick();
+    }
+
+    fn on_ready(&mut self, token: u64, ready: reactor::Readiness, _ctx: &mut ReactorContext) {
+        self.note_ready(token, ready);
     }
 }
 
@@ -304,9 +334,8 @@ impl RpcHandler for NodeRpc {
                     })?;
                 match rpc::param_str(params, "action")? {
                     "fail_writes_after" => control.fail_writes_after(rpc::param_u64(params, "count")?),
-                    "fail_writes_in" => {
-                        control.fail_writes_in(rpc::param_u64(params, "slba")?, rpc::param_u64(params, "nlb")?)
-                    }
+                    "fail_writes_in" => control
+                        .fail_writes_in(rpc::param_u64(params, "slba")?, rpc::param_u64(params, "nlb")?),
                     "fail_flush" => control.fail_flush(true),
                     "fail_reads" => control.fail_reads(true),
                     "heal" => control.heal(),
@@ -548,13 +577,14 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
             peers,
             next_peer: 0,
             scratch: Vec::with_capacity(64),
+            ready: Vec::with_capacity(64),
+            accept_pending: i == 0,
         })
         .map_err(|e| anyhow!("reactor {i}: {e}"))?;
         handles.push(handle);
         joins.push(join);
     }
     info!(node = %config.node.name, reactors, poll = ?mode, "node serving");
-
 
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])

@@ -187,6 +187,8 @@ struct Connection {
     /// Whether the reactor watches this socket for writability (responses
     /// are waiting for room in the socket).
     write_interest: bool,
+    /// The reactor saw the socket ready since the last poll of it.
+    ready: bool,
 }
 
 /// Counters of one poll group.
@@ -349,19 +351,37 @@ impl PollGroup {
             qid: 0,
             closing: false,
             write_interest: false,
+            // A new connection may already hold its ICReq.
+            ready: true,
         });
         Some((slot, fd))
     }
 
-    /// One pass over every connection and backend. Returns true if anything
+    /// The reactor saw connection `slot`'s socket ready.
+    pub fn mark_ready(&mut self, slot: usize) {
+        if let Some(Some(c)) = self.conns.get_mut(slot) {
+            c.ready = true;
+        }
+    }
+
+    /// One pass over the backends and the connections that have something
+    /// to do: a socket the reactor saw ready (`mark_ready`), bytes already in
+    /// the receive buffer, responses to send, or data held back for ring
+    /// space. Idle connections cost no syscall. Returns true if anything
     /// happened (the reactor stays awake).
     pub fn poll(&mut self) -> bool {
         let mut busy = false;
         busy |= self.poll_backends();
         for slot in 0..self.conns.len() {
-            if self.conns[slot].is_none() {
+            let Some(c) = self.conns[slot].as_mut() else { continue };
+            let wanted = c.ready
+                || c.recv_buffer.buffered() > 0
+                || !c.sendq.is_empty()
+                || matches!(c.sink, DataSink::AwaitRing { .. });
+            if !wanted {
                 continue;
             }
+            c.ready = false;
             let result = self.poll_connection(slot, &mut busy);
             if let Err(close) = result {
                 self.close_connection(slot, close);

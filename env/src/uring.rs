@@ -63,6 +63,10 @@ pub struct Uring {
     in_flight: usize,
     queued: usize,
     eventfd: OwnedFd,
+    /// Completions were reaped since the eventfd was last drained, so it may
+    /// be set: drain it on the next empty reap (one syscall per batch of
+    /// completions, none while idle).
+    eventfd_dirty: bool,
 }
 
 impl std::fmt::Debug for Uring {
@@ -98,7 +102,7 @@ impl Uring {
             })
             .collect();
         let free = (0..entries).rev().collect();
-        Ok(Uring { ring, slots, free, in_flight: 0, queued: 0, eventfd })
+        Ok(Uring { ring, slots, free, in_flight: 0, queued: 0, eventfd, eventfd_dirty: false })
     }
 
     /// Operations submitted or queued and not yet returned by `complete()`.
@@ -194,10 +198,16 @@ impl Uring {
     /// how many completed.
     pub fn complete(&mut self, mut on_complete: impl FnMut(u64, i32, Option<DmaBuf>)) -> usize {
         let mut count = self.reap(&mut on_complete);
-        if count == 0 && eventfd_drain(&self.eventfd) {
-            // Completions posted between the reap and the drain would leave
-            // the eventfd clear with entries waiting; look once more.
-            count = self.reap(&mut on_complete);
+        if count > 0 {
+            self.eventfd_dirty = true;
+        } else if self.eventfd_dirty {
+            self.eventfd_dirty = false;
+            if eventfd_drain(&self.eventfd) {
+                // Completions posted between the reap and the drain would leave
+                // the eventfd clear with entries waiting; look once more.
+                count = self.reap(&mut on_complete);
+                self.eventfd_dirty = count > 0;
+            }
         }
         if self.queued > 0 {
             // Resubmitted remainders of short transfers. An error here shows

@@ -389,6 +389,13 @@ impl PollGroup {
             }
         }
         busy |= self.retry_backend_waiters();
+        // Writes committed in this pass are usually durable at once: answer
+        // them now rather than on the next pass.
+        for si in 0..self.media.len() {
+            for ni in 0..self.media[si].len() {
+                busy |= self.process_staging_waiters(si, ni);
+            }
+        }
         self.deliver_async_events();
         for m in self.media.iter_mut().flatten() {
             m.backend.kick();

@@ -111,6 +111,22 @@ impl SendQueue {
         Ok(())
     }
 
+    /// Queues a PDU whose data it owns (admin responses, TermReq data: the
+    /// control path).
+    pub fn push_owned(
+        &mut self,
+        framing: &Framing,
+        header: &PduHeader,
+        data: Vec<u8>,
+        completes: Option<u16>,
+    ) -> Result<(), TcpError> {
+        self.push(framing, header, OutData::None, &data, completes)?;
+        if let Some(last) = self.entries.back_mut() {
+            last.data = OutData::Owned(data);
+        }
+        Ok(())
+    }
+
     /// Writes as much as the socket takes. Requests whose last PDU went out
     /// are appended to `completed`. Returns Ok(true) when the queue is empty.
     pub fn flush<W: Write, D: RequestData>(

@@ -1147,9 +1147,8 @@ impl PollGroup {
                                 last: true,
                                 success: false,
                             });
-                            let bytes = resp.clone();
                             conn.sendq
-                                .push(&conn.framing, &h, OutData::Owned(resp), &bytes, None)
+                                .push_owned(&conn.framing, &h, resp, None)
                                 .map_err(|e| Close::Gone(e.to_string()))?;
                         }
                         respond_cqe(conn, idx, cqe);
@@ -1443,11 +1442,7 @@ impl PollGroup {
                 conn.sendq.clear(&mut freed);
                 let offending: Vec<u8> = conn.rx.raw_header().iter().copied().take(128).collect();
                 let h = PduHeader::C2HTermReq(*term);
-                if conn
-                    .sendq
-                    .push(&Framing::default(), &h, OutData::Owned(offending.clone()), &offending, None)
-                    .is_ok()
-                {
+                if conn.sendq.push_owned(&Framing::default(), &h, offending, None).is_ok() {
                     // Best effort: the socket may be full or gone.
                     let _ = conn.stream.set_nonblocking(false);
                     let _ = conn.stream.set_write_timeout(Some(std::time::Duration::from_millis(100)));

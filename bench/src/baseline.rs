@@ -308,7 +308,7 @@ fn run_connection(
             rng.fill(&mut payload);
             let mut header = [0u8; REQUEST_BYTES];
             let mut issued = 0u64;
-            while quota.map_or(true, |q| issued < q) && deadline.map_or(true, |d| Instant::now() < d) {
+            while quota.is_none_or(|q| issued < q) && deadline.is_none_or(|d| Instant::now() < d) {
                 if credit_rx.recv().is_err() {
                     break; // the receiver stopped: its error is the one reported
                 }

@@ -82,7 +82,7 @@ pub struct BlockMismatch {
 
 /// Whether `len` is a block length we can stamp.
 pub fn stampable(len: usize) -> bool {
-    len >= STAMP_BLOCK_MIN_BYTES && len % 8 == 0
+    len >= STAMP_BLOCK_MIN_BYTES && len.is_multiple_of(8)
 }
 
 fn u64_at(block: &[u8], offset: usize) -> u64 {
@@ -125,7 +125,7 @@ pub fn stamp_block(block: &mut [u8], stamp: Stamp) {
 /// Stamps each block of `buf` (a whole number of `block_size` blocks): block
 /// `i` gets LBA `slba + i`, all with the same writer and sequence.
 pub fn stamp_blocks(buf: &mut [u8], block_size: usize, slba: u64, writer_id: u32, seq: u64) {
-    assert!(buf.len() % block_size == 0, "buffer is not a whole number of blocks");
+    assert!(buf.len().is_multiple_of(block_size), "buffer is not a whole number of blocks");
     for (i, block) in buf.chunks_exact_mut(block_size).enumerate() {
         stamp_block(block, Stamp { lba: slba + i as u64, writer_id, seq });
     }

@@ -169,7 +169,7 @@ impl MemQueue {
         if !self.failed {
             self.failed = true;
             while let Some((_, op)) = self.pending.pop_front() {
-                let lands = self.reorder.as_mut().map_or(true, |rng| rng.percent(50));
+                let lands = self.reorder.as_mut().is_none_or(|rng| rng.percent(50));
                 if let (PendingOp::Write { slba, data }, true) = (op, lands) {
                     self.apply_write(slba, &data);
                 }
@@ -277,7 +277,7 @@ impl<D> Refusing<D> {
 impl<D: QueueDriver> QueueDriver for Refusing<D> {
     fn submit(&mut self, op: IoOp<'_>, tag: u64) -> Result<(), DriverError> {
         self.submits += 1;
-        if self.submits % self.period == 0 {
+        if self.submits.is_multiple_of(self.period) {
             return Err(DriverError::QueueFull);
         }
         self.inner.submit(op, tag)

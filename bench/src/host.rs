@@ -78,7 +78,7 @@ pub(crate) fn run_target(args: &PerfArgs, addr: &str, subnqn: &str) -> anyhow::R
         bail!("namespace {} reports a zero block size", args.nsid);
     }
     let max_transfer = controller.max_transfer_bytes() as u64;
-    if args.bs % block_size != 0 || args.bs > max_transfer {
+    if !args.bs.is_multiple_of(block_size) || args.bs > max_transfer {
         bail!(
             "--bs {} must be a multiple of the {block_size}-byte block and at most {max_transfer}",
             args.bs
@@ -86,10 +86,10 @@ pub(crate) fn run_target(args: &PerfArgs, addr: &str, subnqn: &str) -> anyhow::R
     }
     let namespace_bytes = namespace.num_blocks * block_size;
     let size = args.size.unwrap_or(namespace_bytes.saturating_sub(args.offset));
-    if args.offset % block_size != 0 || size % block_size != 0 {
+    if !args.offset.is_multiple_of(block_size) || !size.is_multiple_of(block_size) {
         bail!("--offset and --size must be multiples of the {block_size}-byte block");
     }
-    if args.offset.checked_add(size).map_or(true, |end| end > namespace_bytes) || size == 0 {
+    if args.offset.checked_add(size).is_none_or(|end| end > namespace_bytes) || size == 0 {
         bail!("region {}+{size} does not fit the {namespace_bytes}-byte namespace", args.offset);
     }
     if queues.len() < usize::from(args.queues) && !args.quiet {

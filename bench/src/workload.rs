@@ -139,7 +139,7 @@ impl WorkloadSpec {
         if self.ios_total.is_none() && self.duration.is_none() {
             return Err(WorkloadError::NoLimit);
         }
-        if self.block_size == 0 || self.io_bytes == 0 || self.io_bytes % self.block_size != 0 {
+        if self.block_size == 0 || self.io_bytes == 0 || !self.io_bytes.is_multiple_of(self.block_size) {
             return Err(WorkloadError::IoSize { io_bytes: self.io_bytes, block_size: self.block_size });
         }
         if self.verify && !stampable(self.block_size) {
@@ -340,8 +340,8 @@ impl<'a> Worker<'a> {
         match phase {
             Phase::Fill => self.issued < self.units,
             Phase::Measure => {
-                self.quota.map_or(true, |quota| self.issued < quota)
-                    && self.deadline.map_or(true, |deadline| Instant::now() < deadline)
+                self.quota.is_none_or(|quota| self.issued < quota)
+                    && self.deadline.is_none_or(|deadline| Instant::now() < deadline)
             }
         }
     }

@@ -508,7 +508,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if !l.mdts_bytes.is_power_of_two() || l.mdts_bytes < 4096 || l.mdts_bytes > (1 << 24) {
         return Err(field_error("limits.mdts_bytes", "must be a power of two in 4096..=16777216"));
     }
-    if l.in_capsule_data_bytes > l.mdts_bytes || l.in_capsule_data_bytes % 16 != 0 {
+    if l.in_capsule_data_bytes > l.mdts_bytes || !l.in_capsule_data_bytes.is_multiple_of(16) {
         return Err(field_error(
             "limits.in_capsule_data_bytes",
             "must be a multiple of 16, at most mdts_bytes",
@@ -614,7 +614,6 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(StagingConfig { domain: st.domain, dir, ring_bytes })
         }
     };
-    let mut subsystems = subsystems;
     if staging.as_ref().is_some_and(|st| !st.domain.survives_power_loss()) {
         // Staged writes in a volatile domain are a volatile write cache: say
         // so (VWC), so hosts send Flush, which drains the staging log.

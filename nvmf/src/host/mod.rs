@@ -429,7 +429,7 @@ impl HostController {
     /// 31:16, CDW11 NUMDU 15:0 (dword count, 0's-based). `len` is a multiple
     /// of 4.
     pub fn get_log_page(&mut self, lid: u8, nsid: u32, len: usize) -> Result<Vec<u8>, HostError> {
-        if len == 0 || len % 4 != 0 {
+        if len == 0 || !len.is_multiple_of(4) {
             return Err(HostError::InvalidArgument {
                 reason: "log page length must be a non-zero multiple of 4",
             });

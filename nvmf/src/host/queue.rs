@@ -710,7 +710,7 @@ impl IoQueue {
     /// in as many commands as the transfer limit needs.
     pub fn read(&mut self, nsid: u32, slba: u64, buf: &mut [u8]) -> Result<(), HostError> {
         let bs = self.block_size(nsid)?;
-        if buf.len() % bs != 0 {
+        if !buf.len().is_multiple_of(bs) {
             return Err(HostError::InvalidArgument {
                 reason: "read length not a multiple of the block size",
             });
@@ -733,7 +733,7 @@ impl IoQueue {
     /// Writes `data` (a multiple of the block size) at `slba`.
     pub fn write(&mut self, nsid: u32, slba: u64, data: &[u8]) -> Result<(), HostError> {
         let bs = self.block_size(nsid)?;
-        if data.is_empty() || data.len() % bs != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(bs) {
             return Err(HostError::InvalidArgument {
                 reason: "write length not a multiple of the block size",
             });

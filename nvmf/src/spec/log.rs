@@ -82,7 +82,7 @@ impl GetLogPage {
     /// An offset that is not a dword multiple or lies past the page gives
     /// Invalid Field in Command, as the spec requires.
     pub fn window(&self, page: &[u8], out: &mut Vec<u8>) -> Result<(), NvmeStatus> {
-        if self.offset_bytes % 4 != 0 || self.offset_bytes > page.len() as u64 {
+        if !self.offset_bytes.is_multiple_of(4) || self.offset_bytes > page.len() as u64 {
             return Err(NvmeStatus::INVALID_FIELD);
         }
         let start = self.offset_bytes as usize;

@@ -166,6 +166,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::assertions_on_constants)]
     fn path_codes_match_the_spec() {
         assert_eq!(NvmeStatus::ANA_INACCESSIBLE.code(), 0x302);
         assert_eq!(NvmeStatus::ANA_TRANSITION.code(), 0x303);

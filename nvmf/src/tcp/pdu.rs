@@ -619,7 +619,7 @@ pub fn validate_common(ch: &CommonHeader, lim: &ReceiveLimits) -> Result<PduLayo
     }
     let pdo = ch.pdo as usize;
     let align = lim.data_alignment.max(1);
-    if pdo < header_len || pdo % align != 0 {
+    if pdo < header_len || !pdo.is_multiple_of(align) {
         return Err(TcpError::fatal(
             fes::INVALID_HEADER_FIELD,
             offset::PDO,
@@ -693,7 +693,7 @@ pub fn decode(hdr: &[u8], layout: &PduLayout, lim: &ReceiveLimits) -> Result<Pdu
             if r.cpda > PDA_MAX {
                 return Err(TcpError::fatal(fes::UNSUPPORTED_PARAMETER, 10, "CPDA over 31"));
             }
-            if r.maxh2cdata < MAXH2CDATA_MIN || r.maxh2cdata % 4 != 0 {
+            if r.maxh2cdata < MAXH2CDATA_MIN || !r.maxh2cdata.is_multiple_of(4) {
                 return Err(TcpError::fatal(
                     fes::UNSUPPORTED_PARAMETER,
                     12,

@@ -308,7 +308,7 @@ impl TargetState {
             return false;
         }
         let ports: Vec<&Arc<Port>> =
-            self.ports.iter().filter(|p| port_id.map_or(true, |id| p.id == id)).collect();
+            self.ports.iter().filter(|p| port_id.is_none_or(|id| p.id == id)).collect();
         if ports.is_empty() {
             return false;
         }

@@ -514,9 +514,7 @@ impl PollGroup {
         }
         self.ready = ready;
         // Writes that waited for ring space: start them now if room freed up.
-        loop {
-            let Some(st) = self.media[si][ni].staged.as_mut() else { break };
-            let Some(&tag) = st.awaiting_space.front() else { break };
+        while let Some(&tag) = self.media[si][ni].staged.as_ref().and_then(|st| st.awaiting_space.front()) {
             if self.request_mut(tag, ReqState::WaitingForRing).is_none() {
                 if let Some(st) = self.media[si][ni].staged.as_mut() {
                     st.awaiting_space.pop_front();

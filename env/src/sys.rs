@@ -44,7 +44,10 @@ impl Mapping {
     /// Maps `len` bytes of `fd` shared (writes reach the file) with the extra
     /// `flags` (MAP_SYNC | MAP_SHARED_VALIDATE for pmem).
     pub(crate) fn shared_file(fd: RawFd, len: usize, extra_flags: i32) -> Result<Mapping, EnvError> {
-        let flags = if extra_flags == 0 { libc::MAP_SHARED } else { extra_flags };
+        // The caller may name the sharing type (MAP_SHARED_VALIDATE for
+        // MAP_SYNC); otherwise the mapping is MAP_SHARED plus its extra flags.
+        let names_sharing = extra_flags & libc::MAP_SHARED_VALIDATE != 0;
+        let flags = if names_sharing { extra_flags } else { libc::MAP_SHARED | extra_flags };
         // SAFETY: a new shared mapping of a file at a kernel-chosen address; it
         // does not alias Rust objects. Other processes may write the file; the
         // region types expose it only as plain bytes, for which any value is valid.

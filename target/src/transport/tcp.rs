@@ -397,6 +397,14 @@ impl PollGroup {
             }
         }
         self.deliver_async_events();
+        // Send those answers now too, before the next pass runs the flusher.
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| !c.sendq.is_empty()) {
+                if let Err(close) = self.flush_connection(slot) {
+                    self.close_connection(slot, close);
+                }
+            }
+        }
         for m in self.media.iter_mut().flatten() {
             m.backend.kick();
         }

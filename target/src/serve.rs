@@ -10,6 +10,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use crate::config::{BackendKind, Config, NamespaceConfig, PollMode, StagingConfi
 use crate::ctrl::{NamespaceGeometry, TargetState};
 use crate::ha::{DrainWait, FlusherConfig, RingConfig, StagingLog};
 use crate::rpc::{self, RpcHandler, RpcServer};
-use crate::transport::media::{NsMedia, Staged};
+use crate::transport::media::{NsMedia, Staged, StagingStatus};
 use crate::transport::tcp::{PollGroup, TransportLimits};
 use tandem_env::{open_region, DomainKind, MappedRegion};
 
@@ -246,6 +247,8 @@ struct NodeRpc {
     config: Config,
     /// Fault injectors of namespaces with `fault_injection = true`.
     faults: Vec<(String, u32, FaultControl)>,
+    /// What each staged namespace's log holds: (subnqn, nsid, ring path, status).
+    staging: Vec<(String, u32, std::path::PathBuf, Arc<StagingStatus>)>,
 }
 
 fn parse_ana_state(s: &str) -> Result<AnaState, String> {
@@ -312,11 +315,32 @@ impl RpcHandler for NodeRpc {
                     .iter()
                     .map(|c| json!({ "cntlid": c.cntlid(), "hostnqn": c.hostnqn(), "subnqn": c.subsystem().nqn }))
                     .collect();
+                let staging: Vec<Value> = self
+                    .staging
+                    .iter()
+                    .map(|(nqn, nsid, ring, s)| {
+                        let domain = self.config.staging.as_ref().map(|st| st.domain);
+                        json!({
+                            "subnqn": nqn,
+                            "nsid": nsid,
+                            "domain": domain.map(|d| format!("{d:?}").to_lowercase()),
+                            "survives_power_loss": domain.is_some_and(|d| d.survives_power_loss()),
+                            "ring": ring.display().to_string(),
+                            "staged_records": s.staged_records.load(Ordering::Relaxed),
+                            "staged_bytes": s.staged_bytes.load(Ordering::Relaxed),
+                            "free_bytes": s.free_bytes.load(Ordering::Relaxed),
+                            "records_committed": s.records_committed.load(Ordering::Relaxed),
+                            "released_seq": s.released_seq.load(Ordering::Relaxed),
+                            "medium_failures": s.medium_failures.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
                 Ok(json!({
                     "node": self.target.node_name,
                     "ports": ports,
                     "controllers": controllers,
                     "ana_changes": self.target.ana_change_count(),
+                    "staging": staging,
                 }))
             }
             "fault" => {
@@ -494,6 +518,7 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     let mut joins = Vec::new();
     let mut faults: Vec<(String, u32, FaultControl)> = Vec::new();
+    let mut staging_status = Vec::new();
     // Every reactor's media first: staging rings are recovered (their writes
     // replayed to the media) before any port is bound, so no host can reach
     // the node while the media are behind.
@@ -522,7 +547,11 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
                             limits.mdts_bytes as usize,
                             &mut backend,
                         )?;
-                        Some(Staged::new(log, !st.domain.survives_power_loss(), ns.nsid, ns.block_size))
+                        let staged =
+                            Staged::new(log, !st.domain.survives_power_loss(), ns.nsid, ns.block_size);
+                        let ring = ring_path(st, &sub.nqn, ns.nsid);
+                        staging_status.push((sub.nqn.clone(), ns.nsid, ring, staged.status.clone()));
+                        Some(staged)
                     }
                     _ => None,
                 };
@@ -538,7 +567,12 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
         Some(path) => Some(
             RpcServer::start(
                 path,
-                Arc::new(NodeRpc { target: target.clone(), config: config.clone(), faults }),
+                Arc::new(NodeRpc {
+                    target: target.clone(),
+                    config: config.clone(),
+                    faults,
+                    staging: staging_status,
+                }),
             )
             .with_context(|| format!("node.rpc_socket: cannot listen on {}", path.display()))?,
         ),

@@ -23,27 +23,57 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The `tandem` binary: `$TANDEM_BIN`, else `build/{debug,release}/tandem`
-/// beside this test executable, built on first use if it is missing.
+/// beside this test executable. It is (re)built first when it is missing or
+/// older than a source file of a crate it is made of, so a test never runs a
+/// stale target (`cargo nextest` builds test binaries, not other packages'
+/// binaries).
 pub fn tandem_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANDEM_BIN") {
         return PathBuf::from(p);
     }
-    // The test executable lives in build/<profile>/deps/; the binary in build/<profile>/.
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(profile_dir) = exe.parent().and_then(|d| d.parent()) {
-            let candidate = profile_dir.join("tandem");
-            if candidate.exists() {
-                return candidate;
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // The test executable lives in build/<profile>/deps/; the binary in build/<profile>/.
+        let profile_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().and_then(|d| d.parent()).map(Path::to_path_buf))
+            .unwrap_or_else(|| workspace_root().join("build/debug"));
+        let candidate = profile_dir.join("tandem");
+        if is_fresh(&candidate) {
+            return candidate;
+        }
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--bin", "tandem"]).current_dir(workspace_root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --bin tandem failed");
+        candidate
+    })
+    .clone()
+}
+
+/// Whether `bin` exists and is newer than every source file it is built from.
+fn is_fresh(bin: &Path) -> bool {
+    let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else { return false };
+    fn newest(dir: &Path, newest_seen: &mut std::time::SystemTime) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                newest(&path, newest_seen);
+            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                *newest_seen = (*newest_seen).max(t);
             }
         }
     }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--bin", "tandem"])
-        .current_dir(workspace_root())
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build --bin tandem failed");
-    workspace_root().join("build/debug/tandem")
+    let mut newest_source = std::time::SystemTime::UNIX_EPOCH;
+    for krate in ["env/src", "nvmf/src", "target/src", "bench/src"] {
+        newest(&workspace_root().join(krate), &mut newest_source);
+    }
+    newest_source <= built
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

@@ -12,6 +12,8 @@
 //! dropped by the transport when it comes back.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tandem_env::MappedRegion;
 use tracing::warn;
@@ -37,6 +39,23 @@ pub enum Ready {
     Released { tag: u64, then: AfterRelease },
 }
 
+/// What a staged namespace's log holds, published by its reactor on every
+/// pass for the control socket (`tandem rpc status`): relaxed atomics, read
+/// from another thread, never on the I/O path's critical section.
+#[derive(Debug, Default)]
+pub struct StagingStatus {
+    /// Durable records not yet on the medium.
+    pub staged_records: AtomicU64,
+    /// Ring bytes they hold.
+    pub staged_bytes: AtomicU64,
+    pub free_bytes: AtomicU64,
+    pub records_committed: AtomicU64,
+    /// Every record up to this sequence is on the medium.
+    pub released_seq: AtomicU64,
+    /// Medium writes or flushes that failed (records stayed staged, retried).
+    pub medium_failures: AtomicU64,
+}
+
 /// Staging state of one namespace on the reactor that owns its log.
 pub struct Staged {
     pub log: StagingLog<MappedRegion>,
@@ -50,6 +69,8 @@ pub struct Staged {
     awaiting_release: VecDeque<(u64, u64, AfterRelease)>,
     /// Requests waiting for ring space (R2T writes not yet started).
     pub awaiting_space: VecDeque<u64>,
+    /// Published for the control socket.
+    pub status: Arc<StagingStatus>,
 }
 
 /// Waiters kept per staged namespace at most; beyond, the transport's own
@@ -66,7 +87,18 @@ impl Staged {
             awaiting_durable: VecDeque::with_capacity(WAITERS_PREALLOCATED),
             awaiting_release: VecDeque::with_capacity(WAITERS_PREALLOCATED),
             awaiting_space: VecDeque::with_capacity(WAITERS_PREALLOCATED),
+            status: Arc::new(StagingStatus::default()),
         }
+    }
+
+    fn publish_status(&self) {
+        let stats = self.log.stats();
+        let s = &self.status;
+        s.staged_records.store(stats.staged_records, Ordering::Relaxed);
+        s.staged_bytes.store(stats.staged_bytes, Ordering::Relaxed);
+        s.free_bytes.store(stats.free_bytes, Ordering::Relaxed);
+        s.records_committed.store(stats.records_committed, Ordering::Relaxed);
+        s.released_seq.store(self.log.released_seq(), Ordering::Relaxed);
     }
 
     /// Registers a reserved write; call in reservation (sequence) order.
@@ -148,6 +180,7 @@ impl NsMedia {
                 while let Some(event) = st.log.take_event() {
                     match event {
                         FlusherEvent::WriteFailed { .. } | FlusherEvent::FlushFailed { .. } => {
+                            st.status.medium_failures.fetch_add(1, Ordering::Relaxed);
                             warn!(
                                 nsid = st.nsid,
                                 ?event,
@@ -157,6 +190,7 @@ impl NsMedia {
                         other => warn!(nsid = st.nsid, event = ?other, "staging log event"),
                     }
                 }
+                st.publish_status();
             }
         }
         busy

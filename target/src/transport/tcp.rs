@@ -300,7 +300,9 @@ impl PollGroup {
     pub fn has_unwakeable_work(&self) -> bool {
         self.media.iter().flatten().any(|m| {
             (m.backend.wake_fd().is_none() && m.backend.in_flight() > 0)
-                || m.staged.as_ref().is_some_and(|s| s.has_waiters() || s.log.stats().staged_records > 0)
+                || m.staged
+                    .as_ref()
+                    .is_some_and(|s| s.has_waiters() || s.log.durable_seq() > s.log.released_seq())
         })
     }
 

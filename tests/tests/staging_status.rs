@@ -56,3 +56,61 @@ fn status_reports_staged_records_and_medium_failures() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// In-capsule writes (4 KiB, carried in the command capsule) that find the
+/// ring full wait in the socket — they are neither failed nor dropped — and
+/// complete once the medium comes back and the flusher frees the ring.
+#[test]
+fn in_capsule_writes_wait_for_ring_space_while_the_medium_is_down() {
+    use staging_support::pattern;
+    use tandem_nvmf::host::IoCommand;
+    use tandem_nvmf::spec::NvmeStatus;
+
+    // 1 MiB ring: a 4 KiB write takes 8 KiB of ring, so about 120 fit.
+    const WRITES: usize = 400;
+    let ns = NsSpec { nsid: 1, block_count: 4096, write_through: false, fault_injection: true };
+    let node = StagedNode::start("incapsule-full", Domain::Shm, "1MiB", &[ns]);
+    node.fail_all_medium_writes(1);
+    let (_controller, mut queues) = node.connect(1, 32);
+    let q = &mut queues[0];
+    let data: Vec<Vec<u8>> = (0..WRITES).map(|i| pattern(i as u64, 1, 7)).collect();
+    let (mut next, mut done) = (0usize, 0usize);
+    let mut failed = Vec::new();
+    let mut healed_at = None;
+    let limit = Instant::now() + Duration::from_secs(60);
+    while done < WRITES {
+        while next < WRITES && q.in_flight() < q.queue_depth() {
+            let cmd = IoCommand::Write { nsid: 1, slba: next as u64, data: &data[next], fua: false };
+            q.submit(cmd, next as u64).expect("submit");
+            next += 1;
+        }
+        q.poll(Some(Duration::from_millis(10)), &mut |c| {
+            done += 1;
+            if c.status != NvmeStatus::SUCCESS {
+                failed.push((c.tag, c.status));
+            }
+        })
+        .expect("poll");
+        if healed_at.is_none() {
+            let staged = staging_entry(&node)["staged_records"].as_u64().unwrap_or(0);
+            // The ring is full and the writes beyond it are held, not failed.
+            if staged > 100 && done < WRITES && q.in_flight() > 0 {
+                std::thread::sleep(Duration::from_millis(300));
+                assert!(done < WRITES, "every write completed with the medium down and the ring full");
+                node.heal(1);
+                healed_at = Some(done);
+            }
+        }
+        assert!(Instant::now() < limit, "{done} of {WRITES} writes done in 60 s");
+    }
+    assert!(failed.is_empty(), "writes failed instead of waiting: {failed:?}");
+    assert!(
+        healed_at.is_some_and(|d| d < WRITES),
+        "the ring never filled: the test did not test back-pressure"
+    );
+    let mut buf = vec![0u8; 4096];
+    for (lba, want) in data.iter().enumerate() {
+        q.read(1, lba as u64, &mut buf).expect("read back");
+        assert!(buf == *want, "lba {lba} reads back wrong data");
+    }
+}

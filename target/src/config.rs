@@ -228,7 +228,9 @@ serial = "TANDEM0001"           # serial number, at most 20 ASCII characters
 model = "Tandem"                # model number, at most 40 ASCII characters
 allow_any_host = true           # optional, default false: then only `hosts` may connect
 hosts = []                      # host NQNs allowed to connect
-volatile_write_cache = false    # optional: report a volatile write cache (hosts send Flush)
+volatile_write_cache = false    # optional: report a volatile write cache (hosts send Flush);
+                                #   set automatically when staging is in shm or a file
+                                #   namespace is written through
 
 [[subsystems.namespaces]]
 nsid = 1                        # namespace id, 1..=1024, unique in the subsystem
@@ -614,13 +616,21 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(StagingConfig { domain: st.domain, dir, ring_bytes })
         }
     };
-    if staging.as_ref().is_some_and(|st| !st.domain.survives_power_loss()) {
-        // Staged writes in a volatile domain are a volatile write cache: say
-        // so (VWC), so hosts send Flush, which drains the staging log.
-        for s in subsystems.iter_mut() {
-            if s.namespaces.iter().any(|n| !n.write_through) {
-                s.volatile_write_cache = true;
-            }
+    // Say "volatile write cache" (VWC) wherever a completed write may still
+    // be lost to a power cut, so that hosts send Flush: writes staged in a
+    // volatile domain (Flush drains the staging log), and writes that go
+    // straight to a file medium (the page cache or the disk's cache may hold
+    // them; Flush is fdatasync). A staged write in a persistent domain is
+    // durable when it completes; a RAM namespace is lost at exit anyway.
+    let persistent_staging = staging.as_ref().is_some_and(|st| st.domain.survives_power_loss());
+    let volatile_staging = staging.is_some() && !persistent_staging;
+    for s in subsystems.iter_mut() {
+        let volatile = s.namespaces.iter().any(|n| {
+            let staged = staging.is_some() && !n.write_through;
+            (staged && volatile_staging) || (!staged && n.backend == BackendKind::File)
+        });
+        if volatile {
+            s.volatile_write_cache = true;
         }
     }
     // Relative namespace paths live in the data directory.
@@ -983,6 +993,23 @@ mod tests {
         assert!(e.starts_with("node.cores"), "{e}");
         let e = err_text(&example_with("# nguid = \"0123456789abcdef0123456789abcdef\"", "nguid = \"xyz\""));
         assert_eq!(e, "subsystems[0].namespaces[0].nguid: expected 32 hex digits");
+    }
+
+    #[test]
+    fn volatile_write_cache_follows_what_a_completed_write_survives() {
+        let vwc = |text: &str| Config::parse(text).unwrap().subsystems[0].volatile_write_cache;
+        assert!(vwc(EXAMPLE), "shm staging is a volatile cache");
+        assert!(!vwc(&example_with("domain = \"shm\"", "domain = \"file\"")), "file staging is durable");
+        let through = example_with("# write_through = true", "write_through = true");
+        assert!(
+            vwc(&through.replace("domain = \"shm\"", "domain = \"file\"")),
+            "file medium written through"
+        );
+        let no_staging = &EXAMPLE[..EXAMPLE.find("[staging]").unwrap()];
+        assert!(vwc(no_staging), "a file medium without staging");
+        let ram =
+            no_staging.replace("backend = \"file\"", "backend = \"ram\"").replace("path = \"ns1.img\"", "");
+        assert!(!vwc(&ram), "RAM");
     }
 
     #[test]

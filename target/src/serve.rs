@@ -238,6 +238,7 @@ impl ReactorApp for NodeApp {
 impl Drop for NodeApp {
     fn drop(&mut self) {
         self.group.close_all();
+        info!(counters = ?self.group.stats, "transport counters at shutdown");
     }
 }
 

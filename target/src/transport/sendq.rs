@@ -79,10 +79,6 @@ impl SendQueue {
         self.entries.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     /// Queues a PDU. `data_bytes` must be the bytes `data` names (used for the
     /// data digest now; they must not change until the PDU is written).
     pub fn push(

@@ -183,7 +183,6 @@ struct Connection {
     sq_head: u16,
     sq_size: u16,
     qid: u16,
-    closing: bool,
     /// Whether the reactor watches this socket for writability (responses
     /// are waiting for room in the socket).
     write_interest: bool,
@@ -261,6 +260,14 @@ impl PollGroup {
         pool: BufferPool,
         connections_max: usize,
     ) -> PollGroup {
+        // Every command's data fits one buffer: the largest transfer, or the
+        // largest admin in-capsule data.
+        assert!(
+            pool.chunk_bytes() >= limits.mdts_bytes.max(ADMIN_IN_CAPSULE_BYTES),
+            "buffer chunks of {} bytes cannot hold a {}-byte transfer",
+            pool.chunk_bytes(),
+            limits.mdts_bytes
+        );
         PollGroup {
             target,
             limits,
@@ -306,10 +313,6 @@ impl PollGroup {
         })
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.conns.iter().filter(|c| c.is_some()).count()
-    }
-
     /// Takes a newly accepted connection arriving on port `port_id`; returns
     /// its slot and fd for the reactor to watch, or None if it was refused.
     pub fn add_connection(&mut self, stream: TcpStream, port_id: u16) -> Option<(usize, RawFd)> {
@@ -351,7 +354,6 @@ impl PollGroup {
             sq_head: 0,
             sq_size: reqs_max as u16,
             qid: 0,
-            closing: false,
             write_interest: false,
             // A new connection may already hold its ICReq.
             ready: true,
@@ -744,9 +746,6 @@ impl PollGroup {
     fn receive_step(&mut self, slot: usize) -> Result<bool, Close> {
         let PollGroup { conns, media, stats, .. } = self;
         let Some(conn) = conns[slot].as_mut() else { return Ok(false) };
-        if conn.closing {
-            return Ok(false);
-        }
         match conn.rx.state() {
             RecvState::Padding | RecvState::Data => {
                 let mut reader = conn.recv_buffer.reader(&mut conn.stream);
@@ -1470,19 +1469,6 @@ impl PollGroup {
         let _ = conn.stream.shutdown(Shutdown::Both);
         // Requests at the backend finish later; their completions carry this
         // connection's generation and are dropped, returning their buffers.
-    }
-
-    /// Closes every connection whose controller is `cntlid` (association teardown).
-    pub fn teardown_controller(&mut self, cntlid: u16) {
-        for slot in 0..self.conns.len() {
-            let hit = match self.conns[slot].as_ref().map(|c| &c.phase) {
-                Some(Phase::Admin(c)) | Some(Phase::Io(c)) => c.cntlid() == cntlid,
-                _ => false,
-            };
-            if hit {
-                self.close_connection(slot, Close::Gone("association torn down".into()));
-            }
-        }
     }
 }
 

@@ -238,6 +238,7 @@ impl ReactorApp for NodeApp {
 impl Drop for NodeApp {
     fn drop(&mut self) {
         self.group.close_all();
+        self.group.drain_staging(Duration::from_secs(60));
         info!(counters = ?self.group.stats, "transport counters at shutdown");
     }
 }

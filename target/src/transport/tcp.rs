@@ -369,24 +369,22 @@ impl PollGroup {
     }
 
     /// One pass over the backends and the connections that have something
-    /// to do: a socket the reactor saw ready (`mark_ready`), bytes already in
-    /// the receive buffer, responses to send, or data held back for ring
-    /// space. Idle connections cost no syscall. Returns true if anything
+    /// to receive: a socket the reactor saw ready (`mark_ready`), bytes
+    /// already in the receive buffer, or data held back for ring space; then
+    /// one send per connection with answers. Idle connections cost no syscall. Returns true if anything
     /// happened (the reactor stays awake).
     pub fn poll(&mut self) -> bool {
         let mut busy = false;
         busy |= self.poll_backends();
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else { continue };
-            let wanted = c.ready
-                || c.recv_buffer.buffered() > 0
-                || !c.sendq.is_empty()
-                || matches!(c.sink, DataSink::AwaitRing { .. });
+            let wanted =
+                c.ready || c.recv_buffer.buffered() > 0 || matches!(c.sink, DataSink::AwaitRing { .. });
             if !wanted {
                 continue;
             }
             c.ready = false;
-            let result = self.poll_connection(slot, &mut busy);
+            let result = self.receive_from(slot, &mut busy);
             if let Err(close) = result {
                 self.close_connection(slot, close);
                 busy = true;
@@ -401,7 +399,8 @@ impl PollGroup {
             }
         }
         self.deliver_async_events();
-        // Send those answers now too, before the next pass runs the flusher.
+        // Send this pass's answers (and what a full socket held back), before
+        // the next pass runs the flusher.
         for slot in 0..self.conns.len() {
             if self.conns[slot].as_ref().is_some_and(|c| !c.sendq.is_empty()) {
                 if let Err(close) = self.flush_connection(slot) {
@@ -765,10 +764,11 @@ impl PollGroup {
         busy
     }
 
-    fn poll_connection(&mut self, slot: usize, busy: &mut bool) -> Result<(), Close> {
-        // Send first: responses free requests and buffers for what arrives.
-        self.flush_connection(slot)?;
-        // A budget keeps one busy connection from starving the others.
+    /// Receives what connection `slot` has, within a budget that keeps one
+    /// busy connection from starving the others. Sending happens once per
+    /// pass for all connections (end of `poll`), so every answer a pass
+    /// produces shares one `writev`.
+    fn receive_from(&mut self, slot: usize, busy: &mut bool) -> Result<(), Close> {
         for _ in 0..64 {
             let progressed = self.receive_step(slot)?;
             if !progressed {
@@ -776,7 +776,6 @@ impl PollGroup {
             }
             *busy = true;
         }
-        self.flush_connection(slot)?;
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::prng::Rng;
-use crate::stats::{Progress, QueueStats};
+use crate::stats::{wait_for_workers, Progress, QueueStats};
 use crate::workload::Pattern;
 
 pub const REQUEST_BYTES: usize = 64;
@@ -251,14 +251,7 @@ pub fn run_baseline(
                 })
             })
             .collect();
-        let mut next_tick = Instant::now() + Duration::from_secs(1);
-        while finished.load(Ordering::Acquire) < spec.connections {
-            std::thread::sleep(Duration::from_millis(50));
-            if Instant::now() >= next_tick {
-                on_tick();
-                next_tick += Duration::from_secs(1);
-            }
-        }
+        wait_for_workers(&finished, spec.connections, on_tick);
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))

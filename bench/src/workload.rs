@@ -23,7 +23,7 @@ use tandem_nvmf::spec::status::NvmeStatus;
 use crate::block::{check_block, stamp_blocks, stampable, Stamp};
 use crate::driver::{Completion, DriverError, IoOp, QueueDriver};
 use crate::prng::Rng;
-use crate::stats::{Progress, QueueStats};
+use crate::stats::{wait_for_workers, Progress, QueueStats};
 
 /// The most I/O units a queue tracks for `--verify` (9 bytes each: 36 MiB,
 /// or 16 GiB of region at 4 KiB per I/O).
@@ -193,14 +193,7 @@ pub fn run_workload<D: QueueDriver + Send>(
                 result.map(|elapsed| (worker.stats, elapsed))
             }));
         }
-        let mut next_tick = Instant::now() + Duration::from_secs(1);
-        while finished.load(Ordering::Acquire) < queues {
-            std::thread::sleep(Duration::from_millis(50));
-            if Instant::now() >= next_tick {
-                on_tick();
-                next_tick += Duration::from_secs(1);
-            }
-        }
+        wait_for_workers(&finished, queues, on_tick);
         handles
             .into_iter()
             .enumerate()

@@ -196,6 +196,20 @@ impl Progress {
     }
 }
 
+/// Waits until `finished` reaches `workers`, calling `on_tick` about once a
+/// second meanwhile (the progress line): the main thread of a run whose
+/// workers count themselves out.
+pub fn wait_for_workers(finished: &AtomicUsize, workers: usize, on_tick: &mut dyn FnMut()) {
+    let mut next_tick = Instant::now() + Duration::from_secs(1);
+    while finished.load(Ordering::Acquire) < workers {
+        std::thread::sleep(Duration::from_millis(50));
+        if Instant::now() >= next_tick {
+            on_tick();
+            next_tick += Duration::from_secs(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,19 +263,5 @@ mod tests {
         stats.merge(&other);
         assert_eq!(stats.first_errors.len(), ERRORS_KEPT_MAX);
         assert_eq!(stats.first_errors[0], "error 0");
-    }
-}
-
-/// Waits until `finished` reaches `workers`, calling `on_tick` about once a
-/// second meanwhile (the progress line): the main thread of a run whose
-/// workers count themselves out.
-pub fn wait_for_workers(finished: &AtomicUsize, workers: usize, on_tick: &mut dyn FnMut()) {
-    let mut next_tick = Instant::now() + Duration::from_secs(1);
-    while finished.load(Ordering::Acquire) < workers {
-        std::thread::sleep(Duration::from_millis(50));
-        if Instant::now() >= next_tick {
-            on_tick();
-            next_tick += Duration::from_secs(1);
-        }
     }
 }

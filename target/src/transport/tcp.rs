@@ -391,8 +391,9 @@ impl PollGroup {
             }
         }
         busy |= self.retry_backend_waiters();
-        // Writes committed in this pass are usually durable at once: answer
-        // them now rather than on the next pass.
+        // Staged writes that became durable (committed in this pass, usually),
+        // commands whose records the flusher released, and writes waiting for
+        // ring space: all advance here, once per pass.
         for si in 0..self.media.len() {
             for ni in 0..self.media[si].len() {
                 busy |= self.process_staging_waiters(si, ni);
@@ -533,7 +534,6 @@ impl PollGroup {
                 }
                 self.completions = scratch;
                 self.foreign = foreign;
-                busy |= self.process_staging_waiters(si, ni);
             }
         }
         busy

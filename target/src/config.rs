@@ -211,7 +211,7 @@ data_dir = "tandem-data/a"      # optional: created at start; relative namespace
 
 [[ports]]
 id = 1                          # NVMe-oF port id (PORTID in discovery), unique across the pair
-transport = "tcp"               # "tcp" or "rdma"
+transport = "tcp"               # "tcp" (NVMe/RDMA is not built yet: "rdma" is refused)
 addr = "127.0.0.1:4420"         # listen address (IP literal and port)
 ana = { 1 = "optimized" }       # ANA state of each group through this port: "optimized",
                                 #   "non-optimized", "inaccessible", "persistent-loss" or
@@ -660,6 +660,14 @@ fn convert_ports(
         if !ids.insert(id) {
             return Err(field_error(format!("{path}.id"), format!("port id {id} is used twice")));
         }
+        // Until the RDMA transport exists a port that says "rdma" would be
+        // served as NVMe/TCP, and a host told to use RDMA would get resets.
+        if p.transport == TransportKind::Rdma {
+            return Err(field_error(
+                format!("{path}.transport"),
+                "\"rdma\" is not supported yet: this build serves NVMe/TCP only",
+            ));
+        }
         let addr: SocketAddr = p.addr.parse().map_err(|_| {
             field_error(
                 format!("{path}.addr"),
@@ -1029,6 +1037,20 @@ mod tests {
         assert_eq!(parse_size(&toml::Value::String("2TiB".into())), Some(2 << 40));
         assert_eq!(parse_size(&toml::Value::String("2GB".into())), None);
         assert_eq!(parse_size(&toml::Value::Integer(-1)), None);
+    }
+
+    #[test]
+    fn rdma_transport_is_refused_naming_the_field() {
+        let e = err_text(&EXAMPLE.replacen("transport = \"tcp\"", "transport = \"rdma\"", 1));
+        assert_eq!(e, "ports[0].transport: \"rdma\" is not supported yet: this build serves NVMe/TCP only");
+        let remote = EXAMPLE.replace(
+            "[[remote_ports]]                # the partner's ports, listed by our discovery controller\nid = 2\n\
+             transport = \"tcp\"",
+            "[[remote_ports]]\nid = 2\ntransport = \"rdma\"",
+        );
+        assert_ne!(remote, EXAMPLE, "the remote port's transport was replaced");
+        let e = err_text(&remote);
+        assert!(e.starts_with("remote_ports[0].transport: \"rdma\" is not supported yet"), "{e}");
     }
 
     #[test]

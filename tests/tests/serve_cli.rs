@@ -1,8 +1,9 @@
 //! Claim: `tandem serve` behaves as a storage admin meets it. The output of
 //! `tandem config example` runs as printed and serves I/O; a bad config
-//! (unknown field, bad size, duplicate nsid, missing file) exits non-zero
-//! with a message that names the culprit field; SIGTERM with connections
-//! open exits 0 promptly; a port already in use is a clear error.
+//! (unknown field, bad size, duplicate nsid, missing file, a transport this
+//! build does not serve) exits non-zero with a message that names the
+//! culprit field; SIGTERM with connections open exits 0 promptly; a port
+//! already in use is a clear error.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -108,6 +109,19 @@ fn bad_configs_exit_nonzero_naming_the_field() {
             .expect("tandem serve exits on a missing config");
     assert_ne!(code, 0, "missing config file: {err}");
     assert!(err.contains("no-such-config.toml"), "names the missing file:\n{err}");
+
+    // A port that asks for RDMA, which this build does not serve: refused by
+    // `config check` and by `serve`, naming the field, rather than served
+    // as NVMe/TCP to a host that was told RDMA.
+    let rdma = good.replacen("transport = \"tcp\"", "transport = \"rdma\"", 1);
+    assert_ne!(rdma, good);
+    let rdma_path = dir.path.join("rdma.toml");
+    std::fs::write(&rdma_path, &rdma).expect("write");
+    let (code, _, err) = run_tandem(&["config", "check", "--config", &rdma_path.to_string_lossy()]);
+    assert_ne!(code, 0, "config check accepts transport = \"rdma\": {err}");
+    assert!(err.contains("ports[0].transport") && err.contains("rdma"), "names the transport field:\n{err}");
+    let (_, err) = serve_fails(&dir, "rdma", &rdma);
+    assert!(err.contains("ports[0].transport"), "serve names the transport field:\n{err}");
 
     // A file namespace whose image cannot be created.
     let file_ns =

@@ -40,7 +40,7 @@ addr = "127.0.0.1:4420"
 ana = {{ 2 = "inaccessible" }}
 [[ports]]
 id = 3
-transport = "rdma"
+transport = "tcp"
 addr = "127.0.0.1:4430"
 [[remote_ports]]
 id = 2
@@ -70,8 +70,19 @@ io_queues_max = 4
     )
 }
 
+/// Parses a test config and makes port 3 an RDMA port: the config refuses
+/// "rdma" until the RDMA transport exists, but the controller's RDMA rules
+/// (keyed SGLs, discovery entries) are tested already.
+fn parse_config(text: &str) -> Config {
+    let mut config = Config::parse(text).unwrap();
+    for p in config.ports.iter_mut().filter(|p| p.id == 3) {
+        p.transport = crate::config::TransportKind::Rdma;
+    }
+    config
+}
+
 fn target_with(text: &str) -> Arc<TargetState> {
-    let config = Config::parse(text).unwrap();
+    let config = parse_config(text);
     TargetState::new(&config, |_, nsid| {
         let bs = if nsid == 1 { 4096 } else { 512 };
         Some(NamespaceGeometry { block_size_bytes: bs, block_count: (1 << 20) / u64::from(bs) })
@@ -953,7 +964,7 @@ fn discovery_hides_subsystems_the_host_may_not_use() {
 
 #[test]
 fn missing_geometry_is_an_error() {
-    let config = Config::parse(&config_text(1, 10, "", "allow_any_host = true")).unwrap();
+    let config = parse_config(&config_text(1, 10, "", "allow_any_host = true"));
     let e = TargetState::new(&config, |_, _| None).unwrap_err();
     assert_eq!(e, CtrlError::MissingGeometry { nqn: SUBNQN.into(), nsid: 1 });
     let e =

@@ -73,6 +73,19 @@ pub fn pdu_bytes(framing: &Framing, header: &PduHeader, data: &[u8]) -> Vec<u8> 
 
 /// The Connect command (NVMe-oF 1.1, Figures 19-20) and its 1024 bytes of data.
 pub fn connect_command(subnqn: &str, qid: u16, entries: u16, kato_ms: u32, cntlid: u16) -> (Sqe, Vec<u8>) {
+    connect_command_as(RAW_HOSTNQN, subnqn, qid, entries, kato_ms, cntlid)
+}
+
+/// As [`connect_command`], presenting `hostnqn` (which may be empty, as
+/// SPDK's host sends by default).
+pub fn connect_command_as(
+    hostnqn: &str,
+    subnqn: &str,
+    qid: u16,
+    entries: u16,
+    kato_ms: u32,
+    cntlid: u16,
+) -> (Sqe, Vec<u8>) {
     let mut sqe = Sqe::default();
     sqe.set_opcode(opc::FABRICS);
     sqe.set_fctype(opc::FCTYPE_CONNECT);
@@ -85,7 +98,7 @@ pub fn connect_command(subnqn: &str, qid: u16, entries: u16, kato_ms: u32, cntli
     data[0..16].copy_from_slice(&RAW_HOSTID);
     data[16..18].copy_from_slice(&cntlid.to_le_bytes());
     data[256..256 + subnqn.len()].copy_from_slice(subnqn.as_bytes());
-    data[512..512 + RAW_HOSTNQN.len()].copy_from_slice(RAW_HOSTNQN.as_bytes());
+    data[512..512 + hostnqn.len()].copy_from_slice(hostnqn.as_bytes());
     (sqe, data)
 }
 
@@ -279,6 +292,12 @@ impl RawConn {
     /// Connect on this connection (queue `qid`); returns the completion.
     pub fn connect(&mut self, subnqn: &str, qid: u16, kato_ms: u32, cntlid: u16) -> Cqe {
         let (sqe, data) = connect_command(subnqn, qid, 32, kato_ms, cntlid);
+        self.command(sqe, &data, 0, true).0
+    }
+
+    /// Connect presenting `hostnqn`; returns the completion.
+    pub fn connect_as(&mut self, hostnqn: &str, subnqn: &str, qid: u16, cntlid: u16) -> Cqe {
+        let (sqe, data) = connect_command_as(hostnqn, subnqn, qid, 32, 0, cntlid);
         self.command(sqe, &data, 0, true).0
     }
 

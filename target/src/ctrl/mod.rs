@@ -26,7 +26,7 @@ pub use tandem_nvmf::spec::log::AnaState;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tandem_nvmf::spec::fabrics::{
@@ -35,6 +35,8 @@ use tandem_nvmf::spec::fabrics::{
 };
 use tandem_nvmf::spec::opcode::{admin, fctype};
 use tandem_nvmf::spec::{Cqe, NvmeStatus, Sqe};
+
+use tracing::{info, warn};
 
 use crate::config::{Config, Limits, PortConfig, TransportKind, ANA_GROUP_ID_MAX};
 
@@ -86,6 +88,9 @@ pub struct Subsystem {
     nsid_index: Vec<u16>,
     /// ANA groups with their NSIDs, ascending by group id.
     pub ana_groups: Vec<(u32, Vec<u32>)>,
+    /// Whether a Connect with an empty Host NQN was accepted and logged
+    /// already: logged once per subsystem, not once per connection.
+    empty_hostnqn_logged: AtomicBool,
 }
 
 const NO_NAMESPACE: u16 = u16::MAX;
@@ -206,6 +211,7 @@ impl TargetState {
             namespaces: Vec::new(),
             nsid_index: vec![NO_NAMESPACE],
             ana_groups: Vec::new(),
+            empty_hostnqn_logged: AtomicBool::new(false),
         })];
         for s in &config.subsystems {
             let mut namespaces = Vec::with_capacity(s.namespaces.len());
@@ -252,6 +258,7 @@ impl TargetState {
                 namespaces,
                 nsid_index,
                 ana_groups: groups.into_iter().collect(),
+                empty_hostnqn_logged: AtomicBool::new(false),
             }));
         }
         let ports = config
@@ -403,9 +410,6 @@ impl TargetState {
         let hostnqn = data
             .hostnqn()
             .map_err(|_| connect_error(cid, invalid, data_err(connect_data_offset::HOSTNQN)))?;
-        if hostnqn.is_empty() {
-            return Err(connect_error(cid, invalid, data_err(connect_data_offset::HOSTNQN)));
-        }
         if data.hostid() == [0; 16] {
             return Err(connect_error(cid, invalid, data_err(connect_data_offset::HOSTID)));
         }
@@ -418,6 +422,32 @@ impl TargetState {
         let subsystem = self
             .subsystem(subnqn)
             .ok_or_else(|| connect_error(cid, invalid, data_err(connect_data_offset::SUBNQN)))?;
+        if hostnqn.is_empty() {
+            // SPDK's host (spdk_nvme_perf and friends) sends an empty Host
+            // NQN unless told one; SPDK's and the Linux target accept it. A
+            // subsystem open to any host (and discovery) does too; one with
+            // an allow-list cannot know who it is, so it refuses, saying why.
+            if !(subsystem.is_discovery || subsystem.allow_any_host) {
+                warn!(
+                    subnqn,
+                    port = port_id,
+                    "Connect refused (Invalid Host): the Host NQN is empty and this subsystem admits \
+                     only the host NQNs of its allow-list"
+                );
+                return Err(connect_error(
+                    cid,
+                    NvmeStatus::CONNECT_INVALID_HOST,
+                    data_err(connect_data_offset::HOSTNQN),
+                ));
+            }
+            if !subsystem.empty_hostnqn_logged.swap(true, Ordering::Relaxed) {
+                info!(
+                    subnqn,
+                    port = port_id,
+                    "accepted a Connect with an empty Host NQN (allow_any_host; logged once per subsystem)"
+                );
+            }
+        }
         if !subsystem.host_allowed(hostnqn) {
             return Err(connect_error(
                 cid,

@@ -317,6 +317,50 @@ fn host_allow_list_gives_invalid_host_with_the_hostnqn_offset() {
     assert!(t.connect(1, &connect_sqe(0, 31, 0), &connect_data(SUBNQN, 0xFFFF), 0).is_ok());
 }
 
+/// Connect data like `connect_data` with an empty Host NQN, as SPDK's host
+/// sends unless given one.
+fn connect_data_no_hostnqn(subnqn: &str, cntlid: u16) -> Vec<u8> {
+    let mut d = ConnectData::default();
+    d.set_hostid(HOSTID).set_cntlid(cntlid).set_subnqn(subnqn);
+    d.0.to_vec()
+}
+
+#[test]
+fn empty_hostnqn_is_accepted_with_allow_any_host_and_refused_by_an_allow_list() {
+    let t = target();
+    let sub = t.subsystem(SUBNQN).unwrap();
+    assert!(!sub.empty_hostnqn_logged.load(Ordering::Relaxed));
+    let q = t.connect(1, &connect_sqe(0, 31, 0), &connect_data_no_hostnqn(SUBNQN, 0xFFFF), 0).unwrap();
+    assert_eq!(q.response.status(), NvmeStatus::SUCCESS);
+    assert_eq!(q.controller.hostnqn(), "");
+    assert!(sub.empty_hostnqn_logged.load(Ordering::Relaxed), "the first one is logged");
+    // Its I/O queues join the same association, with the same empty NQN.
+    prop_set_cc(&q.controller, Cc::ENABLE_DEFAULT);
+    let io = t.connect(1, &connect_sqe(1, 31, 0), &connect_data_no_hostnqn(SUBNQN, q.controller.cntlid()), 0);
+    assert_eq!(io.map(|q| q.qid).ok(), Some(1), "I/O queue of an empty-NQN host");
+    // ...but a named host cannot join an empty-NQN host's controller.
+    let e = connect_err(&t, 1, &connect_sqe(2, 31, 0), &connect_data(SUBNQN, q.controller.cntlid()));
+    assert_eq!(e.status(), NvmeStatus::CONNECT_INVALID_PARAMETERS);
+    // Discovery accepts it too.
+    let d = t.connect(1, &connect_sqe(0, 31, 0), &connect_data_no_hostnqn(DISCOVERY_NQN, 0xFFFF), 0);
+    assert!(d.is_ok(), "discovery with an empty Host NQN");
+
+    let t = target_with(&config_text(1, 10, "", &format!("hosts = [\"{HOSTNQN}\"]")));
+    let e = connect_err(&t, 1, &connect_sqe(0, 31, 0), &connect_data_no_hostnqn(SUBNQN, 0xFFFF));
+    assert_eq!(e.status(), NvmeStatus::CONNECT_INVALID_HOST, "an allow-list cannot admit an unnamed host");
+    assert_eq!(
+        InvalidParameter::from_dw0(e.dw0()),
+        InvalidParameter::Data { offset: connect_data_offset::HOSTNQN }
+    );
+    let d = t.connect(1, &connect_sqe(0, 31, 0), &connect_data_no_hostnqn(DISCOVERY_NQN, 0xFFFF), 0);
+    let d = d.expect("discovery with an empty Host NQN, allow-list subsystem");
+    // The discovery log it reads does not list the subsystem it may not use.
+    let mut page = Vec::new();
+    t.build_discovery_log(d.controller.hostnqn(), &mut page);
+    let (_, entries) = log::parse_discovery_log(&page).unwrap();
+    assert!(entries.iter().all(|e| e.subnqn() != Some(SUBNQN)), "allow-list subsystem not listed");
+}
+
 #[test]
 fn io_queue_connect_attaches_and_checks_qid_and_identity() {
     let t = target();

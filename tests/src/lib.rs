@@ -7,6 +7,7 @@
 //! failing test never leaves a target behind.
 #![forbid(unsafe_code)]
 
+pub mod digest;
 pub mod raw;
 
 use std::fs;

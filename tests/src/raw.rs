@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use tandem_nvmf::spec::sqe::{SGL_ID_DATA_BLOCK_OFFSET, SGL_ID_TRANSPORT_DATA_BLOCK};
 use tandem_nvmf::spec::{Cqe, NvmeStatus, SglDescriptor, Sqe};
 use tandem_nvmf::tcp::{
-    Framing, H2CData, IcReq, IcResp, PduHeader, PduReceiver, PduSender, ReceiveLimits, RecvEvent, Role,
+    pdu_type, Framing, H2CData, IcReq, IcResp, PduHeader, PduReceiver, PduSender, ReceiveLimits, RecvEvent,
+    Role,
 };
 
 /// How long any single expectation waits.
@@ -207,17 +208,41 @@ impl RawConn {
     }
 
     /// Expects a C2HTermReq with `fes` and then the end of the connection;
-    /// returns the TermReq's FEI.
+    /// returns the TermReq's FEI. The PDU is read byte by byte from the
+    /// socket (not through the codec) so its reserved fields are checked as
+    /// sent (NVMe/TCP 1.0, Figure 28): FLAGS 0, HLEN 24, PDO 0, PLEN 24..=152
+    /// (the header of the PDU in error follows as data), and FEI 0 where the
+    /// FES defines none (only 01h, 03h and 06h do).
     pub fn expect_term_req(&mut self, fes: u16) -> u32 {
-        let fei = match self.recv(WAIT) {
-            Incoming::Pdu { header: PduHeader::C2HTermReq(t), .. } => {
-                assert_eq!(t.fes, fes, "C2HTermReq FES (FEI {:#x})", t.fei);
-                t.fei
-            }
-            other => panic!("expected C2HTermReq with FES {fes:#x}, got {other:?}"),
-        };
+        let mut ch = [0u8; 8];
+        if let Err(e) = self.read_exact_raw(&mut ch) {
+            panic!("expected C2HTermReq with FES {fes:#x}, got no PDU: {e}");
+        }
+        assert_eq!(ch[0], pdu_type::C2H_TERM_REQ, "expected C2HTermReq (FES {fes:#x}), got PDU {ch:02x?}");
+        assert_eq!(ch[1], 0, "C2HTermReq FLAGS: no digests");
+        assert_eq!(ch[2], 24, "C2HTermReq HLEN");
+        assert_eq!(ch[3], 0, "C2HTermReq PDO is reserved (0)");
+        let plen = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]) as usize;
+        assert!((24..=152).contains(&plen), "C2HTermReq PLEN {plen}");
+        let mut rest = vec![0u8; plen - 8];
+        if let Err(e) = self.read_exact_raw(&mut rest) {
+            panic!("C2HTermReq cut short after its common header: {e}");
+        }
+        let got_fes = u16::from_le_bytes([rest[0], rest[1]]);
+        let fei = u32::from_le_bytes([rest[2], rest[3], rest[4], rest[5]]);
+        assert_eq!(got_fes, fes, "C2HTermReq FES (FEI {fei:#x})");
+        if !tandem_nvmf::tcp::fes::has_fei(fes) {
+            assert_eq!(fei, 0, "FEI is reserved for FES {fes:#x}");
+        }
+        assert!(rest[6..16].iter().all(|&b| b == 0), "C2HTermReq reserved bytes 23:14");
         self.expect_closed();
         fei
+    }
+
+    /// Reads exactly `buf.len()` bytes from the socket within `WAIT`.
+    fn read_exact_raw(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.stream.set_read_timeout(Some(WAIT))?;
+        self.stream.read_exact(buf)
     }
 
     /// Expects the target to close the connection with nothing else sent.

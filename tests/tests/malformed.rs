@@ -1,16 +1,22 @@
 //! Claim: malformed input on one connection gets the exact answer the
-//! NVMe/TCP and NVMe specs call for — a C2HTermReq with the right FES and a
-//! closed connection for a broken PDU, or a CapsuleResp with the right status
-//! for a bad command — and nothing else is disturbed: a healthy host-library
+//! NVMe/TCP and NVMe specs call for — a C2HTermReq with the right FES and
+//! FEI (and PDO and the other reserved fields 0) and a closed connection for
+//! a broken PDU, a CapsuleResp with Transient Transport Error for data whose
+//! digest is wrong, or a CapsuleResp with the right status for a bad command
+//! — and nothing else is disturbed: a healthy host-library
 //! connection to the same `tandem serve` keeps doing verified I/O before and
 //! after every case, and the process is still alive at the end.
 
 use std::net::SocketAddr;
 
 use tandem_nvmf::host::{ConnectOptions, HostController, IoQueue};
-use tandem_nvmf::spec::{NvmeStatus, Sqe};
+use tandem_nvmf::spec::sqe::SGL_ID_TRANSPORT_DATA_BLOCK;
+use tandem_nvmf::spec::{NvmeStatus, SglDescriptor, Sqe};
 use tandem_nvmf::tcp::{fes, H2CData, PduHeader};
-use tandem_tests::raw::{self, admin_queue, assert_status, io_queue, opc, pdu_bytes, rw_sqe, RawConn};
+use tandem_tests::digest;
+use tandem_tests::raw::{
+    self, admin_queue, assert_status, io_queue, opc, pdu_bytes, rw_sqe, Incoming, RawConn,
+};
 use tandem_tests::{start_test_node, PortSpec, TEST_BLOCK_BYTES, TEST_NS_BYTES, TEST_SUBNQN};
 
 const BLOCKS: u64 = TEST_NS_BYTES / TEST_BLOCK_BYTES as u64;
@@ -91,30 +97,16 @@ fn wrong_header_digest(addr: SocketAddr) {
     let mut b = capsule_bytes(&c, sqe, &data);
     assert_eq!(b[1] & 1, 1, "HDGSTF set on the capsule");
     b[72] ^= 0xFF; // the header digest follows the 72-byte header
+    let sent = u32::from_le_bytes([b[72], b[73], b[74], b[75]]);
     c.send_raw(&b);
-    c.expect_term_req(fes::HEADER_DIGEST_ERROR);
+    assert_eq!(c.expect_term_req(fes::HEADER_DIGEST_ERROR), sent, "FEI carries the header digest received");
 }
 
 fn wrong_data_digest(addr: SocketAddr) {
-    let (_admin, cntlid) = admin_queue(addr, TEST_SUBNQN, (true, true), 0);
-    let mut q = io_queue(addr, TEST_SUBNQN, cntlid, 1, (true, true));
-    let data = vec![0xA5u8; BS];
-    let mut sqe = rw_sqe(opc::WRITE, 1, 7, 0);
-    sqe.set_sgl(tandem_nvmf::spec::SglDescriptor::new(0, BS as u32, 0x01));
-    let mut b = capsule_bytes(&q, sqe, &data);
-    let n = b.len();
-    b[n - 1] ^= 0xFF; // the data digest is the last 4 bytes
-    q.send_raw(&b);
-    let (cqe, _) = q.finish(9, &[]);
     // Not fatal: the stream is still at a PDU boundary. The command fails
-    // with Data Transfer Error (what the Linux host reports for a digest
-    // error) and the queue keeps working.
-    assert_status(&cqe, NvmeStatus::DATA_TRANSFER_ERROR, "write with a wrong data digest");
-    let (cqe, _) = q.command(rw_sqe(opc::WRITE, 1, 7, 0), &data, 0, true);
-    assert_status(&cqe, NvmeStatus::SUCCESS, "write after the digest error");
-    let (cqe, back) = q.command(rw_sqe(opc::READ, 1, 7, 0), &[], BS, true);
-    assert_status(&cqe, NvmeStatus::SUCCESS, "read after the digest error");
-    assert!(back == data, "read-back after the digest error");
+    // with Transient Transport Error (22h), its data is not written, and the
+    // queue keeps working; in capsule and over H2CData (see `digest`).
+    digest::data_digest_errors_are_transient(addr, TEST_SUBNQN, 1, 7);
 }
 
 fn command_before_icreq(addr: SocketAddr) {
@@ -210,6 +202,61 @@ fn io_checks(addr: SocketAddr) {
     assert_status(&cqe, NvmeStatus::SUCCESS, "read of the last block");
 }
 
+/// A write of `blocks` blocks by R2T on a fresh I/O queue; returns the admin
+/// queue (kept open so the association lives), the I/O queue, the write's
+/// CID and the R2T's transfer tag.
+fn write_awaiting_h2cdata(addr: SocketAddr, blocks: u16) -> (RawConn, RawConn, u16, u16) {
+    let (a, cntlid) = admin_queue(addr, TEST_SUBNQN, (false, false), 0);
+    let mut q = io_queue(addr, TEST_SUBNQN, cntlid, 1, (false, false));
+    let cid = q.cid();
+    let mut sqe = rw_sqe(opc::WRITE, 1, 40, blocks - 1);
+    sqe.set_cid(cid);
+    sqe.set_psdt(1);
+    sqe.set_sgl(SglDescriptor::new(0, u32::from(blocks) * BS as u32, SGL_ID_TRANSPORT_DATA_BLOCK));
+    q.send(&PduHeader::CapsuleCmd { sqe }, &[]);
+    let ttag = match q.recv(raw::WAIT) {
+        Incoming::Pdu { header: PduHeader::R2T(r), .. } => r.ttag,
+        other => panic!("expected an R2T, got {other:?}"),
+    };
+    (a, q, cid, ttag)
+}
+
+/// Only the 24-byte header of an H2CData PDU: the target judges the header
+/// before any data, so none is sent (no unread data, no reset).
+fn send_h2cdata_header(q: &mut RawConn, h: H2CData) {
+    let b = pdu_bytes(&q.framing, &PduHeader::H2CData(h), &vec![0u8; h.datal as usize]);
+    q.send_raw(&b[..24]);
+}
+
+fn h2cdata_out_of_order(addr: SocketAddr) {
+    let (_a, mut q, cid, ttag) = write_awaiting_h2cdata(addr, 4);
+    let h = H2CData { cccid: cid, ttag, datao: BS as u32, datal: BS as u32, last: false };
+    send_h2cdata_header(&mut q, h);
+    assert_eq!(q.expect_term_req(fes::DATA_OUT_OF_RANGE), 0, "FEI reserved for FES 04h");
+}
+
+fn h2cdata_beyond_the_transfer(addr: SocketAddr) {
+    let (_a, mut q, cid, ttag) = write_awaiting_h2cdata(addr, 1);
+    let h = H2CData { cccid: cid, ttag, datao: 0, datal: 2 * BS as u32, last: true };
+    send_h2cdata_header(&mut q, h);
+    assert_eq!(q.expect_term_req(fes::DATA_OUT_OF_RANGE), 0, "FEI reserved for FES 04h");
+}
+
+fn h2cdata_wrong_cccid(addr: SocketAddr) {
+    let (_a, mut q, cid, ttag) = write_awaiting_h2cdata(addr, 1);
+    let h = H2CData { cccid: cid.wrapping_add(1), ttag, datao: 0, datal: BS as u32, last: true };
+    send_h2cdata_header(&mut q, h);
+    assert_eq!(q.expect_term_req(fes::INVALID_HEADER_FIELD), 8, "FEI names CCCID");
+}
+
+fn h2cdata_over_maxh2cdata(addr: SocketAddr) {
+    let mut c = RawConn::open(addr);
+    let resp = c.icreq(false, false);
+    let h = H2CData { cccid: 1, ttag: 0, datao: 0, datal: resp.maxh2cdata + 4, last: true };
+    send_h2cdata_header(&mut c, h);
+    assert_eq!(c.expect_term_req(fes::LIMIT_EXCEEDED), 0, "FEI reserved for FES 05h");
+}
+
 fn h2cdata_unknown_tag(addr: SocketAddr) {
     let (_a, cntlid) = admin_queue(addr, TEST_SUBNQN, (false, false), 0);
     let mut q = io_queue(addr, TEST_SUBNQN, cntlid, 1, (false, false));
@@ -240,6 +287,10 @@ fn malformed_input_gets_exact_answers_and_harms_no_one_else() {
         Case { name: "unknown opcode", run: unknown_opcode },
         Case { name: "bad nsid, LBA range, NLB overflow, MDTS", run: io_checks },
         Case { name: "H2CData with a tag never issued", run: h2cdata_unknown_tag },
+        Case { name: "H2CData out of order", run: h2cdata_out_of_order },
+        Case { name: "H2CData beyond the transfer", run: h2cdata_beyond_the_transfer },
+        Case { name: "H2CData for another command", run: h2cdata_wrong_cccid },
+        Case { name: "H2CData over MAXH2CDATA", run: h2cdata_over_maxh2cdata },
     ];
     let mut round = 0;
     for case in &cases {

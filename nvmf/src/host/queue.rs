@@ -45,8 +45,7 @@ const FCTYPE_CONNECT: u8 = 0x01;
 
 /// Transient Transport Error (NVMe Base 2.0, Figure 101, SC 22h): the status
 /// the NVMe/TCP spec gives a command whose data failed its digest.
-pub const TRANSIENT_TRANSPORT_ERROR: NvmeStatus =
-    NvmeStatus { sct: 0, sc: 0x22, crd: 0, more: false, dnr: false };
+pub const TRANSIENT_TRANSPORT_ERROR: NvmeStatus = NvmeStatus::TRANSIENT_TRANSPORT_ERROR;
 
 /// The most ranges one Dataset Management command carries (NR is 8 bits,
 /// 0's-based), each 16 bytes (NVM Command Set 1.0, Figure 39).

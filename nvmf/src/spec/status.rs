@@ -80,6 +80,9 @@ statuses! {
     SGL_OFFSET_INVALID = (sct::GENERIC, 0x16, true, "SGL Offset Invalid");
     /// Returned for a command whose association lost its keep-alive.
     KEEP_ALIVE_EXPIRED = (sct::GENERIC, 0x18, false, "Keep Alive Timer Expired");
+    /// 22h: the transport lost or damaged the command's data (NVMe/TCP: its
+    /// data digest did not match); retrying may succeed.
+    TRANSIENT_TRANSPORT_ERROR = (sct::GENERIC, 0x22, false, "Transient Transport Error");
     NAMESPACE_NOT_READY = (sct::GENERIC, 0x82, false, "Namespace Not Ready");
     LBA_OUT_OF_RANGE = (sct::GENERIC, 0x80, true, "LBA Out of Range");
     CAPACITY_EXCEEDED = (sct::GENERIC, 0x81, true, "Capacity Exceeded");

@@ -296,9 +296,11 @@ mod tests {
         let h = PduHeader::R2T(R2T { cccid: 1, ttag: 2, r2to: 0, r2tl: 10 });
         let mut bytes = encode_pdu(framing, &h, &[]);
         bytes[12] ^= 1;
+        let received = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
         let mut rx = PduReceiver::new(limits_for(Role::Host, &framing, true));
         let err = receive_one(&mut rx, &mut io::Cursor::new(bytes)).unwrap_err();
-        assert_eq!(err.term_req(), Some(TermReq { fes: fes::HEADER_DIGEST_ERROR, fei: 0 }));
+        // FEI of a Header Digest Error: the HDGST as received.
+        assert_eq!(err.term_req(), Some(TermReq { fes: fes::HEADER_DIGEST_ERROR, fei: received }));
         assert_eq!(rx.state(), RecvState::Failed);
         assert_eq!(rx.raw_header().len(), 28, "the offending header is kept for the TermReq");
     }

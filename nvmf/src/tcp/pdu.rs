@@ -44,6 +44,11 @@ pub mod flags {
 }
 
 /// Fatal Error Status values of a TermReq (Figures 26 and 28).
+///
+/// The Fatal Error Information (FEI) beside it is defined for three of
+/// them only: Invalid PDU Header Field (01h) and Unsupported Parameter (06h)
+/// carry the byte offset of the field in error, Header Digest Error (03h)
+/// carries the header digest received; for the others FEI is reserved (0).
 pub mod fes {
     pub const INVALID_HEADER_FIELD: u16 = 0x01;
     pub const PDU_SEQUENCE_ERROR: u16 = 0x02;
@@ -52,6 +57,11 @@ pub mod fes {
     /// R2T Limit Exceeded (H2CTermReq) / Data Transfer Limit Exceeded (C2HTermReq).
     pub const LIMIT_EXCEEDED: u16 = 0x05;
     pub const UNSUPPORTED_PARAMETER: u16 = 0x06;
+
+    /// Whether a TermReq with this FES carries FEI (else FEI is reserved).
+    pub fn has_fei(fes: u16) -> bool {
+        matches!(fes, INVALID_HEADER_FIELD | HEADER_DIGEST_ERROR | UNSUPPORTED_PARAMETER)
+    }
 }
 
 /// Byte offsets of common-header fields, used as FEI of "invalid header field".
@@ -127,7 +137,8 @@ pub struct IcResp {
 }
 
 /// H2CTermReq / C2HTermReq (Figures 26-28). The data of the PDU is the
-/// header of the PDU in error (at most 128 bytes).
+/// header of the PDU in error (at most 128 bytes); it follows the 24-byte
+/// header at once, and PDO is reserved (0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TermReq {
     pub fes: u16,
@@ -199,11 +210,10 @@ pub enum TcpError {
     /// The data digest of a PDU did not match. Unlike a header digest error
     /// this is not a fatal transport error (the stream is still at a PDU
     /// boundary, so the receiver stays usable): the command whose data it was
-    /// completes with an error status. Our reading of the NVMe/TCP transport
-    /// spec (digests: TP 8000 section 7.4.6) is Transient Transport Error
-    /// (SCT 0, SC 22h), which the host library reports; the Linux host uses
-    /// Data Transfer Error (04h) and the Linux target drops the connection
-    /// instead. The section number of the 1.0 text was not re-checked here.
+    /// completes with Transient Transport Error (SCT 0, SC 22h), as the
+    /// NVMe/TCP transport spec says and SPDK's target and host do (the
+    /// Linux target drops the connection instead; the Linux host reports
+    /// Data Transfer Error, 04h, for C2H data).
     #[error("data digest mismatch: received {received:#010x}, computed {computed:#010x}")]
     DataDigest { received: u32, computed: u32 },
     /// The peer closed the connection in the middle of a PDU (or, when
@@ -329,7 +339,9 @@ impl PduHeader {
         let hdgst = digests_allowed && framing.header_digest;
         let ddgst = digests_allowed && framing.data_digest && data_len > 0;
         let header_end = hlen + if hdgst { DIGEST_LEN } else { 0 };
-        let pdo = if data_len == 0 {
+        let is_term = matches!(self, PduHeader::H2CTermReq(_) | PduHeader::C2HTermReq(_));
+        let pdo = if data_len == 0 || is_term {
+            // No data, or a TermReq: PDO is reserved.
             0
         } else if digests_allowed {
             let align = framing.data_alignment.max(1);
@@ -340,7 +352,7 @@ impl PduHeader {
         if pdo > u8::MAX as usize || pdo > HEADER_BUF_LEN {
             return Err(TcpError::Misuse("PDO does not fit in one byte"));
         }
-        let prefix_len = if data_len == 0 { header_end } else { pdo };
+        let prefix_len = if data_len == 0 || is_term { header_end } else { pdo };
         let plen = prefix_len as u64 + data_len as u64 + if ddgst { DIGEST_LEN as u64 } else { 0 };
         let plen = u32::try_from(plen).map_err(|_| TcpError::Misuse("PDU longer than 4 GiB"))?;
 
@@ -367,8 +379,10 @@ impl PduHeader {
                 h[12..16].copy_from_slice(&r.maxh2cdata.to_le_bytes());
             }
             PduHeader::H2CTermReq(t) | PduHeader::C2HTermReq(t) => {
+                // A reserved FEI goes out as 0 whatever the caller put there.
+                let fei = if fes::has_fei(t.fes) { t.fei } else { 0 };
                 h[8..10].copy_from_slice(&t.fes.to_le_bytes());
-                h[10..14].copy_from_slice(&t.fei.to_le_bytes());
+                h[10..14].copy_from_slice(&fei.to_le_bytes());
             }
             PduHeader::CapsuleCmd { sqe } => h[8..72].copy_from_slice(sqe.as_bytes()),
             PduHeader::CapsuleResp { cqe } => h[8..24].copy_from_slice(cqe.as_bytes()),
@@ -657,7 +671,8 @@ pub fn decode(hdr: &[u8], layout: &PduLayout, lim: &ReceiveLimits) -> Result<Pdu
         }
         let received = le32(hdr, hlen);
         if received != crc32c::crc32c(&hdr[..hlen]) {
-            return Err(TcpError::fatal(fes::HEADER_DIGEST_ERROR, 0, "header digest mismatch"));
+            // FEI of a Header Digest Error: the digest as received.
+            return Err(TcpError::fatal(fes::HEADER_DIGEST_ERROR, received, "header digest mismatch"));
         }
     }
     let fl = hdr[1];
@@ -730,7 +745,7 @@ pub fn decode(hdr: &[u8], layout: &PduLayout, lim: &ReceiveLimits) -> Result<Pdu
                 ));
             }
             if lim.role == Role::Target && d.datal > lim.maxh2cdata {
-                return Err(TcpError::fatal(fes::LIMIT_EXCEEDED, 16, "H2CData longer than MAXH2CDATA"));
+                return Err(TcpError::fatal(fes::LIMIT_EXCEEDED, 0, "H2CData longer than MAXH2CDATA"));
             }
             PduHeader::H2CData(d)
         }
@@ -817,8 +832,19 @@ mod tests {
             encode(&PduHeader::IcReq(IcReq { hpda: 3, header_digest: true, ..Default::default() }), &f, 0);
         assert_eq!((buf[1], l.plen, buf[10], buf[11]), (0, 128, 3, 1));
         let (buf, l) = encode(&PduHeader::C2HTermReq(TermReq { fes: 3, fei: 7 }), &f, 24);
-        assert_eq!((buf[1], buf[3], l.plen, l.prefix_len), (0, 24, 48, 24));
+        assert_eq!((buf[1], buf[3], l.plen, l.prefix_len), (0, 0, 48, 24), "PDO is reserved");
         assert_eq!((le16(&buf, 8), le32(&buf, 10)), (3, 7));
+    }
+
+    #[test]
+    fn term_req_fei_only_where_the_spec_defines_it() {
+        let f = Framing::default();
+        for (fes, defined) in [(1, true), (2, false), (3, true), (4, false), (5, false), (6, true)] {
+            let (buf, l) = encode(&PduHeader::H2CTermReq(TermReq { fes, fei: 0x1234 }), &f, 8);
+            assert_eq!(buf[3], 0, "FES {fes}: PDO reserved");
+            assert_eq!(l.prefix_len, TERM_REQ_HLEN, "FES {fes}: data follows the header");
+            assert_eq!(le32(&buf, 10), if defined { 0x1234 } else { 0 }, "FES {fes}: FEI");
+        }
     }
 
     #[test]
@@ -904,7 +930,10 @@ mod tests {
         let h = PduHeader::H2CData(H2CData { datal: 8192, ..Default::default() });
         let (buf, _) = encode(&h, &f, 8192);
         let layout = validate_common(&ch(&buf), &target).unwrap();
-        assert!(matches!(decode(&buf[..24], &layout, &target), Err(TcpError::Fatal { fes: 5, .. })));
+        assert!(
+            matches!(decode(&buf[..24], &layout, &target), Err(TcpError::Fatal { fes: 5, fei: 0, .. })),
+            "Data Transfer Limit Exceeded: FEI reserved"
+        );
 
         let dig = ReceiveLimits { header_digest: true, ..host };
         let fd = Framing { header_digest: true, ..f };
@@ -912,6 +941,10 @@ mod tests {
         let layout = validate_common(&ch(&buf), &dig).unwrap();
         assert!(decode(&buf[..28], &layout, &dig).is_ok());
         buf[9] ^= 1;
-        assert!(matches!(decode(&buf[..28], &layout, &dig), Err(TcpError::Fatal { fes: 3, .. })));
+        let sent = le32(&buf, 24);
+        match decode(&buf[..28], &layout, &dig) {
+            Err(TcpError::Fatal { fes: 3, fei, .. }) => assert_eq!(fei, sent, "FEI: the digest received"),
+            other => panic!("expected a header digest error, got {other:?}"),
+        }
     }
 }

@@ -892,8 +892,13 @@ impl PollGroup {
                 let event = match conn.rx.poll(&mut reader) {
                     Ok(e) => e,
                     Err(TcpError::DataDigest { received, computed }) => {
-                        // The command whose data this was fails with a data
-                        // transfer error; the stream itself is still in step.
+                        // The command whose data this was fails with
+                        // Transient Transport Error (NVMe/TCP 1.0: a data
+                        // digest error is not fatal); the stream itself is
+                        // still in step and the queue keeps working. None of
+                        // the data reaches the medium: a staged write's
+                        // record is cancelled (never replayed nor flushed),
+                        // a direct write's buffer is dropped.
                         warn!(peer = %conn.peer, received, computed, "data digest error");
                         conn.sink = DataSink::Nothing;
                         if let Some(req) = conn.capsule_req.take() {
@@ -907,7 +912,16 @@ impl PollGroup {
                                     let _ = st.log.cancel(res);
                                 }
                             }
-                            fail_request(conn, req, NvmeStatus::DATA_TRANSFER_ERROR);
+                            r.status = NvmeStatus::TRANSIENT_TRANSPORT_ERROR;
+                            r.buf = None;
+                            if r.state == ReqState::ReceivingH2CData && r.received < r.data_len {
+                                // More H2CData PDUs of this command follow:
+                                // they are read and dropped (`on_header`),
+                                // and the command completes once, after
+                                // the last of them (`on_data_done`).
+                            } else {
+                                fail_request(conn, req, NvmeStatus::TRANSIENT_TRANSPORT_ERROR);
+                            }
                         }
                         return Ok(true);
                     }
@@ -939,38 +953,43 @@ impl PollGroup {
             PduHeader::CapsuleCmd { sqe } => self.on_capsule(slot, sqe, data_len),
             PduHeader::H2CData(h) => {
                 let idx = h.ttag;
-                let valid = conn.reqs.0.get(idx as usize).is_some_and(|r| {
-                    r.state == ReqState::ReceivingH2CData
-                        && r.sqe.cid() == h.cccid
-                        && h.datao as usize == r.received
-                        && (h.datao as usize + h.datal as usize) <= r.data_len
-                });
-                if !valid {
-                    // An H2CData for a transfer tag we never issued, or out of
-                    // order or range: the stream cannot be trusted.
-                    let fei = if conn
-                        .reqs
-                        .0
-                        .get(idx as usize)
-                        .is_some_and(|r| r.state == ReqState::ReceivingH2CData)
-                    {
-                        16 // DATAO
-                    } else {
-                        10 // TTAG
-                    };
+                // An H2CData for a transfer tag we never issued, for another
+                // command, or out of order or range: the stream cannot be
+                // trusted. FEI names the field for an invalid header field
+                // (TTAG at byte 10, CCCID at byte 8); it is reserved for
+                // Data Transfer Out of Range.
+                let bad = match conn.reqs.0.get(idx as usize) {
+                    Some(r) if r.state == ReqState::ReceivingH2CData => {
+                        if r.sqe.cid() != h.cccid {
+                            Some(TermReq { fes: fes::INVALID_HEADER_FIELD, fei: 8 })
+                        } else if h.datao as usize != r.received
+                            || (h.datao as usize + h.datal as usize) > r.data_len
+                        {
+                            Some(TermReq { fes: fes::DATA_OUT_OF_RANGE, fei: 0 })
+                        } else {
+                            None
+                        }
+                    }
+                    _ => Some(TermReq { fes: fes::INVALID_HEADER_FIELD, fei: 10 }),
+                };
+                if let Some(term) = bad {
                     return Err(Close::Fatal {
-                        term: TermReq {
-                            fes: if fei == 16 { fes::DATA_OUT_OF_RANGE } else { fes::INVALID_HEADER_FIELD },
-                            fei,
-                        },
+                        term,
                         reason: format!("H2CData with ttag {} cccid {} datao {}", h.ttag, h.cccid, h.datao),
                     });
                 }
                 conn.capsule_req = Some(idx);
-                conn.sink = if data_len > 0 {
-                    DataSink::Request { req: idx, offset: h.datao as usize }
-                } else {
+                let r = &mut conn.reqs.0[idx as usize];
+                conn.sink = if data_len == 0 {
                     DataSink::Nothing
+                } else if !r.status.is_success() {
+                    // An earlier PDU of this transfer failed its data digest:
+                    // the rest is read and dropped, counted so the command
+                    // completes after its last PDU.
+                    r.received += data_len;
+                    DataSink::Discard
+                } else {
+                    DataSink::Request { req: idx, offset: h.datao as usize }
                 };
                 if data_len == 0 {
                     self.on_data_done(slot)?;
@@ -1139,7 +1158,12 @@ impl PollGroup {
             }
             ReqState::ReceivingH2CData => {
                 if req.received == req.data_len {
-                    self.execute_io(slot, idx);
+                    if req.status.is_success() {
+                        self.execute_io(slot, idx);
+                    } else {
+                        let status = req.status;
+                        fail_request(conn, idx, status);
+                    }
                 }
                 Ok(())
             }

@@ -77,6 +77,49 @@ impl QueueCounts {
     }
 }
 
+/// Arbitration (01h): Arbitration Burst in bits 2:0, 111b = no limit; the
+/// priority weights (bits 31:8) apply to weighted round robin only.
+pub const ARBITRATION_BURST_NO_LIMIT: u32 = 0b111;
+
+/// Power Management (02h): Power State (PS, bits 4:0) and Workload Hint
+/// (WH, bits 7:5) of CDW11 and of completion dword 0.
+pub fn power_state(cdw11: u32) -> (u8, u8) {
+    ((cdw11 & 0x1f) as u8, ((cdw11 >> 5) & 0x7) as u8)
+}
+
+/// Temperature Threshold (04h), CDW11: TMPTH (15:0, kelvin), TMPSEL (19:16:
+/// 0 the Composite Temperature, 1-8 a sensor, Fh all), THSEL (21:20: 00b
+/// over-temperature, 01b under-temperature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemperatureThreshold {
+    pub kelvin: u16,
+    pub tmpsel: u8,
+    pub thsel: u8,
+}
+
+impl TemperatureThreshold {
+    pub fn parse(cdw11: u32) -> Self {
+        TemperatureThreshold {
+            kelvin: cdw11 as u16,
+            tmpsel: ((cdw11 >> 16) & 0xf) as u8,
+            thsel: ((cdw11 >> 20) & 0x3) as u8,
+        }
+    }
+    pub fn cdw11(&self) -> u32 {
+        u32::from(self.kelvin) | (u32::from(self.tmpsel & 0xf) << 16) | (u32::from(self.thsel & 3) << 20)
+    }
+}
+
+/// TMPSEL: the Composite Temperature, and all sensors.
+pub const TMPSEL_COMPOSITE: u8 = 0x0;
+pub const TMPSEL_ALL: u8 = 0xf;
+/// THSEL: over- and under-temperature threshold.
+pub const THSEL_OVER: u8 = 0;
+pub const THSEL_UNDER: u8 = 1;
+/// The default over-temperature threshold: 343 K (70 °C), as common drives
+/// and QEMU's emulated controller report; the under-temperature default is 0.
+pub const OVER_TEMPERATURE_DEFAULT_K: u16 = 343;
+
 /// Keep Alive Timer (0Fh): CDW11 is the Keep Alive Timeout in milliseconds.
 pub fn keep_alive_timeout_ms(cdw11: u32) -> u32 {
     cdw11
@@ -171,6 +214,15 @@ mod tests {
         assert_eq!(QueueCounts::decode(0xFFFF_FFFF), QueueCounts { submission: 65_536, completion: 65_536 });
         assert_eq!(QueueCounts { submission: 8, completion: 4 }.encode(), 0x0003_0007);
         assert_eq!(QueueCounts { submission: 0, completion: 100_000 }.encode(), 0xFFFF_0000);
+    }
+
+    #[test]
+    fn power_and_temperature_fields() {
+        assert_eq!(power_state(0b101_00011), (3, 5));
+        let t = TemperatureThreshold::parse(0x001F_0157);
+        assert_eq!(t, TemperatureThreshold { kelvin: 0x157, tmpsel: 0xf, thsel: 1 });
+        assert_eq!(t.cdw11(), 0x001F_0157);
+        assert_eq!(TemperatureThreshold::parse(0x0020_0000).thsel, 2, "reserved THSEL is visible");
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub mod cntrltype {
 pub mod oncs {
     pub const DATASET_MANAGEMENT: u16 = 1 << 2;
     pub const WRITE_ZEROES: u16 = 1 << 3;
+    /// The Save field of Set Features and the Select field of Get Features
+    /// are supported.
+    pub const SAVE_AND_SELECT: u16 = 1 << 4;
 }
 
 /// SGLS bits (bytes 539:536).

@@ -1,6 +1,7 @@
 //! Log pages (NVMe Base 2.0, 5.16 "Get Log Page command"): the command's
 //! dwords (Figures 197-200), Error Information (01h, Figure 205), SMART /
-//! Health Information (02h, Figure 207), Changed Namespace List (04h,
+//! Health Information (02h, Figure 207), Firmware Slot Information (03h,
+//! Figure 209), Changed Namespace List (04h,
 //! Figure 210), Asymmetric Namespace Access (0Ch, Figures 225-227), and the
 //! NVMe-oF Discovery log page (70h, NVMe-oF 1.1 Figures 31-32).
 //!
@@ -14,6 +15,7 @@ use super::wire::{get_padded, le_field, put_padded};
 pub mod lid {
     pub const ERROR_INFORMATION: u8 = 0x01;
     pub const SMART_HEALTH: u8 = 0x02;
+    pub const FIRMWARE_SLOT: u8 = 0x03;
     pub const CHANGED_NAMESPACE_LIST: u8 = 0x04;
     pub const ANA: u8 = 0x0C;
     pub const DISCOVERY: u8 = 0x70;
@@ -145,6 +147,22 @@ impl SmartLog {
         available_spare_threshold_pct, set_available_spare_threshold_pct, u8, 4);
     le_field!(/// Percentage Used, byte 5.
         percentage_used, set_percentage_used, u8, 5);
+}
+
+/// Size of the Firmware Slot Information log page (Figure 209).
+pub const FIRMWARE_SLOT_BYTES: usize = 512;
+
+/// Builds the Firmware Slot Information log page (03h, NVMe Base 2.0,
+/// Figure 209) of a controller with one firmware slot, slot 1, active and
+/// running `revision` (the same text as Identify Controller FR): AFI
+/// (byte 0) bits 2:0 = 1 (active slot), bits 6:4 = 0 (no other slot
+/// chosen for the next reset); FRS1 (bytes 15:8) the revision, ASCII padded
+/// with spaces; FRS2..FRS7 zero (no such slots).
+pub fn firmware_slot_log(revision: &str) -> [u8; FIRMWARE_SLOT_BYTES] {
+    let mut out = [0u8; FIRMWARE_SLOT_BYTES];
+    out[0] = 1;
+    put_padded(&mut out[8..16], revision, b' ');
+    out
 }
 
 /// Size of the Changed Namespace List log page: 1024 NSIDs.

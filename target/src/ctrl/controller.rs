@@ -110,6 +110,15 @@ pub struct IoCommand {
     pub data: DataLocation,
 }
 
+/// Identify Controller FR and FRS1 of the Firmware Slot log: the release.
+const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
+
+/// Identify Controller VID and SSVID. No PCI vendor ID is Tandem's (the
+/// PCI-SIG assigns them to its members); 5444h ("TD") is self-assigned, chosen
+/// because the public PCI ID list assigns it to no one, so hosts see a
+/// nonzero ID that misnames no company. See "Identity" in the README.
+pub const PCI_VENDOR_ID: u16 = 0x5444;
+
 /// Admin state, changed only under the controller's mutex.
 #[derive(Debug)]
 struct AdminState {
@@ -119,6 +128,14 @@ struct AdminState {
     /// Granted I/O queue count once the host asked (Set Features 07h).
     granted_queues: Option<u32>,
     vwc_enabled: bool,
+    /// Arbitration (01h) as last set: only the burst and the weights are kept.
+    arbitration: u32,
+    /// Power Management (02h): power state 0 (the only one) and a workload hint.
+    power_management: u32,
+    /// Temperature Threshold (04h) of the Composite Temperature, kelvin:
+    /// over- and under-temperature.
+    temperature_over_k: u16,
+    temperature_under_k: u16,
     /// CIDs of parked Asynchronous Event Requests, oldest first.
     parked_aers: VecDeque<u16>,
     /// Events raised and not yet reported.
@@ -195,6 +212,10 @@ impl Controller {
                 aec: 0,
                 granted_queues: None,
                 vwc_enabled: false,
+                arbitration: features::ARBITRATION_BURST_NO_LIMIT,
+                power_management: 0,
+                temperature_over_k: features::OVER_TEMPERATURE_DEFAULT_K,
+                temperature_under_k: 0,
                 parked_aers: VecDeque::new(),
                 pending: 0,
                 masked: 0,
@@ -500,7 +521,8 @@ impl Controller {
         let l = &self.target.limits;
         let mut c = IdentifyController::default();
         let mdts = (l.mdts_bytes / 4096).trailing_zeros() as u8;
-        c.set_sn(&self.subsystem.serial).set_mn(&self.subsystem.model).set_fr(env!("CARGO_PKG_VERSION"));
+        c.set_sn(&self.subsystem.serial).set_mn(&self.subsystem.model).set_fr(FIRMWARE_REVISION);
+        c.set_vid(PCI_VENDOR_ID).set_ssvid(PCI_VENDOR_ID);
         c.set_rab(6).set_mdts(mdts).set_cntlid(self.cntlid).set_ver(NVME_VERSION);
         c.set_ctratt(CTRATT_HOSTID_128 | CTRATT_TRAFFIC_BASED_KEEP_ALIVE);
         c.set_acl(3).set_aerl((ASYNC_EVENT_REQUESTS_MAX - 1) as u8).set_frmw(0x3);
@@ -526,7 +548,12 @@ impl Controller {
         c.set_cntrltype(cntrltype::IO);
         c.set_cmic(cmic::MULTI_PORT | cmic::MULTI_CONTROLLER | cmic::ANA_REPORTING);
         c.set_oaes(oaes::ANA_CHANGE_NOTICES | oaes::NAMESPACE_ATTRIBUTE_NOTICES);
-        c.set_nn(nn).set_mnan(nn).set_oncs(oncs::WRITE_ZEROES | oncs::DATASET_MANAGEMENT);
+        // SAVE_AND_SELECT: Get Features honours SEL (current, default,
+        // saved, supported capabilities); Set Features with SV set gets
+        // Feature Identifier Not Saveable, since nothing is saveable.
+        c.set_nn(nn)
+            .set_mnan(nn)
+            .set_oncs(oncs::WRITE_ZEROES | oncs::DATASET_MANAGEMENT | oncs::SAVE_AND_SELECT);
         // VWC bits 2:1 = 10b: Flush with the broadcast NSID is not supported.
         c.set_vwc(if self.subsystem.volatile_write_cache { 0b101 } else { 0b100 });
         c.set_anatt(l.anatt_s)
@@ -575,6 +602,12 @@ impl Controller {
                 page.extend_from_slice(&s.0);
                 0
             }
+            (false, lid::FIRMWARE_SLOT) => {
+                // Mandatory for I/O controllers; consistent with FRMW (one
+                // read-only slot) and FR.
+                page.extend_from_slice(&log::firmware_slot_log(FIRMWARE_REVISION));
+                0
+            }
             (false, lid::CHANGED_NAMESPACE_LIST) => {
                 // Namespaces are fixed at start-up: the list is always empty.
                 page.extend_from_slice(&log::changed_namespace_list(&[]));
@@ -619,7 +652,15 @@ impl Controller {
             // Every feature we support is changeable, none saveable.
             return match g.fid {
                 fid::ASYNC_EVENT_CONFIGURATION | fid::KEEP_ALIVE_TIMER => ok(cid, 1 << 2),
-                fid::NUMBER_OF_QUEUES | fid::VOLATILE_WRITE_CACHE if !self.is_discovery() => ok(cid, 1 << 2),
+                fid::NUMBER_OF_QUEUES
+                | fid::VOLATILE_WRITE_CACHE
+                | fid::ARBITRATION
+                | fid::POWER_MANAGEMENT
+                | fid::TEMPERATURE_THRESHOLD
+                    if !self.is_discovery() =>
+                {
+                    ok(cid, 1 << 2)
+                }
                 _ => fail(cid, NvmeStatus::INVALID_FIELD),
             };
         }
@@ -636,6 +677,31 @@ impl Controller {
             }
             fid::VOLATILE_WRITE_CACHE if self.subsystem.volatile_write_cache => {
                 ok(cid, u32::from(current && s.vwc_enabled))
+            }
+            // Default and saved (nothing is saveable) are the power-on values.
+            fid::ARBITRATION if !self.is_discovery() => {
+                ok(cid, if current { s.arbitration } else { features::ARBITRATION_BURST_NO_LIMIT })
+            }
+            fid::POWER_MANAGEMENT if !self.is_discovery() => {
+                ok(cid, if current { s.power_management } else { 0 })
+            }
+            fid::TEMPERATURE_THRESHOLD if !self.is_discovery() => {
+                // Only the Composite Temperature has thresholds: there are no
+                // other sensors.
+                let t = features::TemperatureThreshold::parse(sqe.cdw11());
+                if t.tmpsel != features::TMPSEL_COMPOSITE {
+                    return fail(cid, NvmeStatus::INVALID_FIELD);
+                }
+                let (over, under) = if current {
+                    (s.temperature_over_k, s.temperature_under_k)
+                } else {
+                    (features::OVER_TEMPERATURE_DEFAULT_K, 0)
+                };
+                match t.thsel {
+                    features::THSEL_OVER => ok(cid, u32::from(over)),
+                    features::THSEL_UNDER => ok(cid, u32::from(under)),
+                    _ => fail(cid, NvmeStatus::INVALID_FIELD),
+                }
             }
             _ => fail(cid, NvmeStatus::INVALID_FIELD),
         }
@@ -683,6 +749,31 @@ impl Controller {
             }
             fid::VOLATILE_WRITE_CACHE if self.subsystem.volatile_write_cache => {
                 s.vwc_enabled = features::volatile_write_cache_enabled(cdw11);
+                ok(cid, 0)
+            }
+            fid::ARBITRATION if !self.is_discovery() => {
+                // Bits 7:3 are reserved; the weights matter only with
+                // weighted round robin (CAP.AMS), which is not offered.
+                s.arbitration = cdw11 & !0xf8;
+                ok(cid, 0)
+            }
+            fid::POWER_MANAGEMENT if !self.is_discovery() => {
+                // NPSS = 0: power state 0 only; workload hints 0-2 are defined.
+                let (ps, wh) = features::power_state(cdw11);
+                if ps != 0 || wh > 2 {
+                    return fail(cid, NvmeStatus::INVALID_FIELD);
+                }
+                s.power_management = cdw11 & 0xff;
+                ok(cid, 0)
+            }
+            fid::TEMPERATURE_THRESHOLD if !self.is_discovery() => {
+                let t = features::TemperatureThreshold::parse(cdw11);
+                let composite = t.tmpsel == features::TMPSEL_COMPOSITE || t.tmpsel == features::TMPSEL_ALL;
+                match t.thsel {
+                    features::THSEL_OVER if composite => s.temperature_over_k = t.kelvin,
+                    features::THSEL_UNDER if composite => s.temperature_under_k = t.kelvin,
+                    _ => return fail(cid, NvmeStatus::INVALID_FIELD),
+                }
                 ok(cid, 0)
             }
             _ => fail(cid, NvmeStatus::INVALID_FIELD),

@@ -489,7 +489,7 @@ fn identify_controller_reports_what_linux_reads() {
     assert_eq!(id.ver(), 0x0001_0400);
     assert_eq!(id.nn(), 3);
     assert_eq!(id.mnan(), 3, "Linux requires 0 < MNAN <= NN");
-    assert_eq!(id.oncs(), 0x0c);
+    assert_eq!(id.oncs(), 0x1c, "Write Zeroes, Dataset Management, Save and Select");
     assert_eq!((id.sqes(), id.cqes(), id.maxcmd()), (0x66, 0x44, 128));
     assert_eq!((id.anagrpmax(), id.nanagrpid(), id.anatt()), (32, 32, 10));
     assert_eq!(id.anacap() & 0x1d, 0x1d);
@@ -622,6 +622,82 @@ fn log_pages_error_smart_changed_and_ana() {
     );
 }
 
+#[test]
+fn firmware_slot_log_matches_identify() {
+    let t = target();
+    let c = enabled(&t, 1);
+    let id = IdentifyController(identify(&c, cns::CONTROLLER, 0).1.try_into().unwrap());
+    assert_eq!(id.frmw(), 0x3, "one slot, slot 1 read-only");
+    let (cqe, page) = get_log(&c, log_req(lid::FIRMWARE_SLOT, 512));
+    assert_eq!(cqe.status(), NvmeStatus::SUCCESS, "log 03h is mandatory for an I/O controller");
+    assert_eq!(page.len(), 512);
+    assert_eq!(page[0] & 0x7, 1, "AFI: slot 1 active");
+    assert_eq!((page[0] >> 4) & 0x7, 0, "AFI: no slot chosen for the next reset");
+    assert_eq!(&page[8..16], &id.0[64..72], "FRS1 equals Identify FR");
+    assert!(page[16..].iter().all(|&b| b == 0), "FRS2..FRS7: no such slots");
+    // Offset and length honoured like other log pages.
+    let (cqe, part) = get_log(&c, GetLogPage { offset_bytes: 8, ..log_req(lid::FIRMWARE_SLOT, 8) });
+    assert_eq!(cqe.status(), NvmeStatus::SUCCESS);
+    assert_eq!(part, page[8..16], "window at offset 8");
+    let d = t.connect(1, &connect_sqe(0, 31, 0), &connect_data(DISCOVERY_NQN, 0xFFFF), 0).unwrap().controller;
+    prop_set_cc(&d, Cc::ENABLE_DEFAULT);
+    assert_eq!(get_log(&d, log_req(lid::FIRMWARE_SLOT, 512)).0.status(), NvmeStatus::INVALID_LOG_PAGE);
+}
+
+#[test]
+fn identify_reports_a_nonzero_vendor_id() {
+    let t = target();
+    let c = enabled(&t, 1);
+    let id = IdentifyController(identify(&c, cns::CONTROLLER, 0).1.try_into().unwrap());
+    assert_eq!((id.vid(), id.ssvid()), (PCI_VENDOR_ID_FOR_TESTS, PCI_VENDOR_ID_FOR_TESTS));
+    assert_ne!(id.vid(), 0);
+    assert_ne!(id.oncs() & identify::oncs::SAVE_AND_SELECT, 0, "SEL is honoured, so ONCS says so");
+}
+
+const PCI_VENDOR_ID_FOR_TESTS: u16 = controller::PCI_VENDOR_ID;
+
+#[test]
+fn mandatory_features_arbitration_power_and_temperature() {
+    use tandem_nvmf::spec::features::TemperatureThreshold;
+    let t = target();
+    let c = enabled(&t, 1);
+    for f in [fid::ARBITRATION, fid::POWER_MANAGEMENT, fid::TEMPERATURE_THRESHOLD] {
+        let g = get_feature(&c, f, 0);
+        assert_eq!(g.status(), NvmeStatus::SUCCESS, "Get Features {f:#x}");
+        assert_eq!(get_feature(&c, f, 3).dw0(), 1 << 2, "FID {f:#x}: changeable, not saveable");
+    }
+    assert_eq!(get_feature(&c, fid::ARBITRATION, 0).dw0(), 0x7, "arbitration burst: no limit");
+    assert_eq!(get_feature(&c, fid::POWER_MANAGEMENT, 0).dw0(), 0, "power state 0");
+    // Temperature Threshold takes TMPSEL/THSEL in CDW11.
+    let temp = |c: &Controller, sel: u8, tmpsel: u8, thsel: u8| {
+        let mut s = admin_sqe(admin::GET_FEATURES, 4);
+        s.set_cdw10(u32::from(fid::TEMPERATURE_THRESHOLD) | (u32::from(sel) << 8));
+        s.set_cdw11(TemperatureThreshold { kelvin: 0, tmpsel, thsel }.cdw11());
+        admin_cmd(c, &s).0
+    };
+    assert_eq!(temp(&c, 0, 0, 0).dw0(), 343, "over-temperature default 343 K");
+    assert_eq!(temp(&c, 0, 0, 1).dw0(), 0, "under-temperature default");
+    assert_eq!(temp(&c, 0, 0, 2).status(), NvmeStatus::INVALID_FIELD, "THSEL 10b reserved");
+    assert_eq!(temp(&c, 0, 3, 0).status(), NvmeStatus::INVALID_FIELD, "no sensor 3");
+    let set = TemperatureThreshold { kelvin: 350, tmpsel: 0, thsel: 0 }.cdw11();
+    assert_eq!(set_feature(&c, fid::TEMPERATURE_THRESHOLD, set).status(), NvmeStatus::SUCCESS);
+    assert_eq!(temp(&c, 0, 0, 0).dw0(), 350, "current after Set");
+    assert_eq!(temp(&c, 1, 0, 0).dw0(), 343, "default unchanged");
+    let bad = TemperatureThreshold { kelvin: 350, tmpsel: 2, thsel: 0 }.cdw11();
+    assert_eq!(set_feature(&c, fid::TEMPERATURE_THRESHOLD, bad).status(), NvmeStatus::INVALID_FIELD);
+    // Power Management: only power state 0 exists (NPSS = 0).
+    assert_eq!(set_feature(&c, fid::POWER_MANAGEMENT, 1).status(), NvmeStatus::INVALID_FIELD);
+    assert_eq!(set_feature(&c, fid::POWER_MANAGEMENT, 1 << 5).status(), NvmeStatus::SUCCESS);
+    assert_eq!(get_feature(&c, fid::POWER_MANAGEMENT, 0).dw0(), 1 << 5, "workload hint kept");
+    assert_eq!(set_feature(&c, fid::ARBITRATION, 0x0302_0103).status(), NvmeStatus::SUCCESS);
+    assert_eq!(get_feature(&c, fid::ARBITRATION, 0).dw0(), 0x0302_0103);
+    assert_eq!(get_feature(&c, fid::ARBITRATION, 1).dw0(), 0x7, "default");
+    // Not on a discovery controller.
+    let d = t.connect(1, &connect_sqe(0, 31, 0), &connect_data(DISCOVERY_NQN, 0xFFFF), 0).unwrap().controller;
+    prop_set_cc(&d, Cc::ENABLE_DEFAULT);
+    assert_eq!(get_feature(&d, fid::ARBITRATION, 0).status(), NvmeStatus::INVALID_FIELD);
+}
+
 // ---- features, keep-alive, abort, opcodes ----
 
 #[test]
@@ -657,7 +733,7 @@ fn features_get_and_set() {
     // No volatile write cache configured: feature 06h is invalid.
     assert_eq!(set_feature(&c, fid::VOLATILE_WRITE_CACHE, 1).status(), NvmeStatus::INVALID_FIELD);
     assert_eq!(get_feature(&c, fid::VOLATILE_WRITE_CACHE, 0).status(), NvmeStatus::INVALID_FIELD);
-    assert_eq!(get_feature(&c, fid::ARBITRATION, 0).status(), NvmeStatus::INVALID_FIELD);
+    assert_eq!(get_feature(&c, 0x05, 0).status(), NvmeStatus::INVALID_FIELD, "Error Recovery: not offered");
     assert_eq!(get_feature(&c, fid::KEEP_ALIVE_TIMER, 3).dw0(), 1 << 2, "changeable");
     assert_eq!(get_feature(&c, fid::KEEP_ALIVE_TIMER, 5).status(), NvmeStatus::INVALID_FIELD);
     let mut s = admin_sqe(admin::SET_FEATURES, 3);

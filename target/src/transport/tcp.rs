@@ -914,12 +914,13 @@ impl PollGroup {
                             }
                             r.status = NvmeStatus::TRANSIENT_TRANSPORT_ERROR;
                             r.buf = None;
-                            if r.state == ReqState::ReceivingH2CData && r.received < r.data_len {
-                                // More H2CData PDUs of this command follow:
-                                // they are read and dropped (`on_header`),
-                                // and the command completes once, after
-                                // the last of them (`on_data_done`).
-                            } else {
+                            // If more H2CData PDUs of this command follow,
+                            // they are read and dropped (`on_header`) and the
+                            // command completes once, after the last of them
+                            // (`on_data_done`); otherwise it completes now.
+                            let more_follow =
+                                r.state == ReqState::ReceivingH2CData && r.received < r.data_len;
+                            if !more_follow {
                                 fail_request(conn, req, NvmeStatus::TRANSIENT_TRANSPORT_ERROR);
                             }
                         }

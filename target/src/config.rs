@@ -64,6 +64,23 @@ pub struct StagingConfig {
     pub dir: PathBuf,
     /// Bytes of each namespace's ring.
     pub ring_bytes: u64,
+    /// When `dir` is the shm default: the default of builds before the ring
+    /// was bound to its medium (`/dev/shm/tandem-<name>`), which a node checks
+    /// for staged writes left behind, so they are never silently ignored.
+    pub legacy_dir: Option<PathBuf>,
+}
+
+/// The default ring directory of an shm staging log:
+/// `/dev/shm/tandem-<name>-<8 hex digits>`, the digits a CRC32C of the
+/// absolute data directory (or, without one, of the working directory, where
+/// relative medium paths then live). Two nodes of the same name run from two
+/// directories so never share rings. The path is made absolute lexically (no
+/// symlinks resolved), so it is the same at every start of the same config.
+pub fn default_shm_staging_dir(node_name: &str, data_dir: Option<&Path>) -> Result<PathBuf, String> {
+    let base = std::path::absolute(data_dir.unwrap_or(Path::new(".")))
+        .map_err(|e| format!("cannot make the data directory absolute: {e}"))?;
+    let hash = crc32c::crc32c(base.as_os_str().as_encoded_bytes());
+    Ok(PathBuf::from(format!("/dev/shm/tandem-{node_name}-{hash:08x}")))
 }
 
 /// The persistence domain of the staging rings.
@@ -251,7 +268,11 @@ block_size = 4096               # 512 or 4096
 domain = "shm"                  # "shm": /dev/shm, survives a crash of the process but NOT a power
                                 #   loss (hosts are told the write cache is volatile and send Flush);
                                 #   "file": msync, survives power loss; "pmem": DAX + MAP_SYNC
-# dir = "/dev/shm/tandem-a"     # optional: where the rings live (shm default: /dev/shm/tandem-<name>)
+# dir = "/dev/shm/tandem-a"     # optional: where the rings live; shm default:
+                                #   /dev/shm/tandem-<name>-<hash of the absolute data_dir>, so the
+                                #   same config run from two directories never shares rings.
+                                #   Each ring records the medium it stages for and is replayed
+                                #   only into that medium.
 ring_size = "64MiB"             # optional: each staged namespace's ring
 
 [limits]                        # optional section; the defaults are shown
@@ -581,12 +602,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let staging = match raw.staging {
         None => None,
         Some(st) => {
+            let dir_explicit = st.dir.is_some();
             let dir = match (st.dir, st.domain) {
                 (Some(d), _) => {
                     check_path(&d, "staging.dir")?;
                     d
                 }
-                (None, StagingDomain::Shm) => PathBuf::from(format!("/dev/shm/tandem-{}", node.name)),
+                (None, StagingDomain::Shm) => default_shm_staging_dir(&node.name, node.data_dir.as_deref())
+                    .map_err(|e| field_error("staging.dir", e))?,
                 (None, StagingDomain::File) => match &node.data_dir {
                     Some(d) => d.join("staging"),
                     None => return Err(field_error("staging.dir", "needed when node.data_dir is not set")),
@@ -613,7 +636,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     "staging runs on one reactor: list one core (several reactors with staging are not supported yet)",
                 ));
             }
-            Some(StagingConfig { domain: st.domain, dir, ring_bytes })
+            let legacy_dir = (st.domain == StagingDomain::Shm && !dir_explicit)
+                .then(|| PathBuf::from(format!("/dev/shm/tandem-{}", node.name)));
+            Some(StagingConfig { domain: st.domain, dir, ring_bytes, legacy_dir })
         }
     };
     // Say "volatile write cache" (VWC) wherever a completed write may still
@@ -894,6 +919,30 @@ mod tests {
     }
 
     #[test]
+    fn default_shm_ring_dir_depends_on_the_data_dir() {
+        let a = default_shm_staging_dir("a", Some(Path::new("/srv/one/data"))).expect("a");
+        let b = default_shm_staging_dir("a", Some(Path::new("/srv/two/data"))).expect("b");
+        assert_ne!(a, b, "two data directories, two ring directories");
+        assert!(a.to_string_lossy().starts_with("/dev/shm/tandem-a-"), "{}", a.display());
+        // The same directory named relatively or absolutely is the same ring.
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(
+            default_shm_staging_dir("a", Some(Path::new("d"))).expect("rel"),
+            default_shm_staging_dir("a", Some(&cwd.join("d"))).expect("abs")
+        );
+        // Without a data_dir the working directory decides.
+        assert_eq!(
+            default_shm_staging_dir("a", None).expect("none"),
+            default_shm_staging_dir("a", Some(&cwd)).expect("cwd")
+        );
+        // An explicit dir wins and has no legacy location to check.
+        let c = Config::parse(&EXAMPLE.replace("# dir = \"/dev/shm/tandem-a\"", "dir = \"/dev/shm/x\""))
+            .expect("explicit dir");
+        let st = c.staging.expect("staging");
+        assert_eq!((st.dir, st.legacy_dir), (PathBuf::from("/dev/shm/x"), None));
+    }
+
+    #[test]
     fn example_parses() {
         let c = Config::parse(EXAMPLE).unwrap();
         assert_eq!(c.node.name, "a");
@@ -909,7 +958,10 @@ mod tests {
         assert!(!ns.write_through);
         let st = c.staging.as_ref().expect("the example stages writes");
         assert_eq!(st.domain, StagingDomain::Shm);
-        assert_eq!(st.dir, PathBuf::from("/dev/shm/tandem-a"));
+        let here = std::env::current_dir().expect("cwd").join("tandem-data/a");
+        let hash = crc32c::crc32c(here.as_os_str().as_encoded_bytes());
+        assert_eq!(st.dir, PathBuf::from(format!("/dev/shm/tandem-a-{hash:08x}")));
+        assert_eq!(st.legacy_dir, Some(PathBuf::from("/dev/shm/tandem-a")));
         assert_eq!(st.ring_bytes, 64 << 20);
         assert_eq!(c.limits, Limits::default());
         assert!(c.subsystems[0].host_allowed("nqn.2014-08.org.nvmexpress:uuid:x"));

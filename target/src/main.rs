@@ -32,6 +32,11 @@ enum Command {
         /// Override the config's polling mode: busy (spin) or adaptive (spin, then sleep when idle).
         #[arg(long)]
         poll: Option<String>,
+        /// Replay a staging ring bound to another medium (or, written by an
+        /// older build, to none) into this node's medium and re-bind it. Only
+        /// for a medium that was moved or copied: the ring's writes belong to it.
+        #[arg(long)]
+        adopt_staging: bool,
     },
     /// Config helpers.
     Config {
@@ -106,7 +111,7 @@ fn init_logging() {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, poll } => {
+        Command::Serve { config, poll, adopt_staging } => {
             init_logging();
             let cfg = match config::Config::load(&config) {
                 Ok(c) => c,
@@ -115,7 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            serve::run(cfg, poll.as_deref())?;
+            serve::run(cfg, poll.as_deref(), adopt_staging)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { command: ConfigCommand::Example } => {

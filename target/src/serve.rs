@@ -10,6 +10,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,8 @@ use tracing::{info, warn};
 use crate::backend::{Backend, FaultBackend, FaultControl, FileBackend, RamBackend};
 use crate::config::{BackendKind, Config, NamespaceConfig, PollMode, StagingConfig, StagingDomain};
 use crate::ctrl::{NamespaceGeometry, TargetState};
-use crate::ha::{DrainWait, FlusherConfig, RingConfig, StagingLog};
+use crate::ha::layout::MediumKind;
+use crate::ha::{Binding, DrainWait, FlusherConfig, MediumIdentity, RingConfig, StagingLog};
 use crate::rpc::{self, RpcHandler, RpcServer};
 use crate::transport::media::{NsMedia, Staged, StagingStatus};
 use crate::transport::tcp::{PollGroup, TransportLimits};
@@ -385,9 +387,38 @@ fn ring_path(st: &StagingConfig, subnqn: &str, nsid: u32) -> std::path::PathBuf 
     st.dir.join(format!("{:08x}-ns{nsid}.ring", crc32c::crc32c(subnqn.as_bytes())))
 }
 
+/// The identity of a namespace's medium, recorded in its ring's superblock
+/// (see `ha::layout::MediumIdentity`). The medium is open already, so a file
+/// medium exists.
+pub fn medium_identity(ns: &NamespaceConfig) -> anyhow::Result<MediumIdentity> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ram = MediumIdentity {
+        kind: MediumKind::Ram,
+        nguid: ns.nguid,
+        block_bytes: ns.block_size,
+        dev: 0,
+        ino: 0,
+        path: String::new(),
+    };
+    let path = match (ns.backend, &ns.path) {
+        (BackendKind::Ram, _) => return Ok(ram),
+        (BackendKind::File, Some(path)) => path,
+        (BackendKind::File, None) => bail!("namespace {}: a file medium without a path", ns.nsid),
+    };
+    let meta = std::fs::metadata(path).with_context(|| format!("medium {}: stat", path.display()))?;
+    let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string();
+    Ok(if meta.file_type().is_block_device() {
+        MediumIdentity { kind: MediumKind::BlockDevice, dev: meta.rdev(), path: shown, ..ram }
+    } else {
+        MediumIdentity { kind: MediumKind::File, dev: meta.dev(), ino: meta.ino(), path: shown, ..ram }
+    })
+}
+
 /// Opens (or creates) a namespace's staging ring and replays whatever a
 /// crash left in it to the medium, before any port opens. A ring that cannot
-/// be read back whole stops the node: data is never skipped silently.
+/// be read back whole, or that holds staged writes for another medium, stops
+/// the node: data is never skipped or written to the wrong medium silently.
+/// `adopt_staging` replays a ring bound to another medium into this one.
 fn open_staging(
     st: &StagingConfig,
     node_name: &str,
@@ -395,7 +426,9 @@ fn open_staging(
     ns: &NamespaceConfig,
     mdts_bytes: usize,
     backend: &mut Box<dyn Backend>,
+    adopt_staging: bool,
 ) -> anyhow::Result<StagingLog<MappedRegion>> {
+    let medium = medium_identity(ns)?;
     let kind = match st.domain {
         StagingDomain::Shm => DomainKind::Shm,
         StagingDomain::File => DomainKind::File,
@@ -415,6 +448,9 @@ fn open_staging(
         ..FlusherConfig::default()
     };
     if !existed {
+        if let Some(legacy_dir) = &st.legacy_dir {
+            check_legacy_ring(legacy_dir, &path, &medium)?;
+        }
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -424,10 +460,11 @@ fn open_staging(
             created_epoch: 1,
             format_nonce: nonce,
             record_align_bytes: 4096,
+            medium: medium.clone(),
         };
         let log = StagingLog::format(region, &ring, flusher)
             .map_err(|e| anyhow!("staging ring {}: cannot format: {e}", path.display()))?;
-        info!(nsid = ns.nsid, ring = %path.display(), bytes = st.ring_bytes, "staging ring created");
+        info!(nsid = ns.nsid, ring = %path.display(), bytes = st.ring_bytes, %medium, "staging ring created");
         return Ok(log);
     }
     let start = std::time::Instant::now();
@@ -437,8 +474,9 @@ fn open_staging(
         idle: || std::thread::sleep(Duration::from_micros(200)),
         deadline_ms: 120_000,
     };
-    let (log, report) =
-        StagingLog::recover(region, 0, flusher, backend, wait, &mut foreign).map_err(|e| {
+    let binding = Binding { medium, adopt_foreign: adopt_staging };
+    let (log, report) = StagingLog::recover(region, 0, &binding, flusher, backend, wait, &mut foreign)
+        .map_err(|e| {
             anyhow!("staging ring {}: recovery failed: {e}; the node does not start", path.display())
         })?;
     info!(
@@ -452,8 +490,47 @@ fn open_staging(
     Ok(log)
 }
 
+/// Before a new ring is created at the default location: a ring of the same
+/// name at the default location of older builds (`/dev/shm/tandem-<name>`)
+/// may hold acknowledged writes. It is never opened or changed here; if it
+/// holds staged writes (or cannot be read) the node does not start and says
+/// how to recover them.
+fn check_legacy_ring(legacy_dir: &Path, path: &Path, medium: &MediumIdentity) -> anyhow::Result<()> {
+    let Some(name) = path.file_name() else { return Ok(()) };
+    let legacy = legacy_dir.join(name);
+    if !legacy.exists() {
+        return Ok(());
+    }
+    let how = format!(
+        "to replay them, set staging.dir = \"{}\" and start once with --adopt-staging if they belong to \
+         {medium}; otherwise start the node they belong to, or remove the file",
+        legacy_dir.display()
+    );
+    let bytes = std::fs::read(&legacy).with_context(|| format!("staging ring {}: read", legacy.display()))?;
+    match crate::ha::inspect(&bytes) {
+        Ok(contents) if contents.staged_records == 0 => {
+            info!(ring = %legacy.display(), "an empty staging ring at the default location of an older build is not used; it may be removed");
+            Ok(())
+        }
+        Ok(contents) => bail!(
+            "staging ring {} (the default location of an older build) holds {} staged writes ({} bytes) \
+             that this node would not see at its ring location {}; {how}",
+            legacy.display(),
+            contents.staged_records,
+            contents.staged_bytes,
+            path.display()
+        ),
+        Err(e) => bail!(
+            "staging ring {} (the default location of an older build) cannot be read ({e}) and may hold \
+             acknowledged writes; {how}",
+            legacy.display()
+        ),
+    }
+}
+
 /// Runs the node described by `config` until SIGTERM or SIGINT.
-pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
+/// `adopt_staging`: see `open_staging` (the `--adopt-staging` flag).
+pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> anyhow::Result<()> {
     let mode = match poll_override {
         None => config.node.poll,
         Some("busy") => PollMode::Busy,
@@ -548,6 +625,7 @@ pub fn run(config: Config, poll_override: Option<&str>) -> anyhow::Result<()> {
                             ns,
                             limits.mdts_bytes as usize,
                             &mut backend,
+                            adopt_staging,
                         )?;
                         let staged =
                             Staged::new(log, !st.domain.survives_power_loss(), ns.nsid, ns.block_size);

@@ -23,6 +23,7 @@
 
 pub mod flusher;
 pub mod index;
+pub mod layout;
 pub mod recovery;
 pub mod ring;
 
@@ -31,8 +32,9 @@ mod tests;
 
 pub use flusher::{Flusher, FlusherConfig, FlusherError, FlusherEvent, FlusherStats, FLUSHER_TAG_BIT};
 pub use index::{StagedExtent, StagingIndex};
-pub use recovery::{open_ring, RecoveryError, ScanReport, StopReason};
-pub use ring::{CommitOutcome, RecordInfo, Reservation, ReserveError, Ring, RingConfig, RingError};
+pub use layout::{MediumIdentity, RingConfig};
+pub use recovery::{inspect, open_ring, Binding, RecoveryError, RingContents, ScanReport, StopReason};
+pub use ring::{CommitOutcome, RecordInfo, Reservation, ReserveError, Ring, RingError};
 
 use crate::backend::{Backend, BackendCompletion};
 use std::ops::Range;
@@ -122,9 +124,10 @@ impl<R: PersistentRegion> StagingLog<R> {
     pub fn open(
         region: R,
         epoch_at_least: u64,
+        binding: &Binding,
         flusher_config: FlusherConfig,
     ) -> Result<(Self, ScanReport), StagingError> {
-        let (ring, scan) = open_ring(region, epoch_at_least)?;
+        let (ring, scan) = open_ring(region, epoch_at_least, binding)?;
         Ok((StagingLog::assemble(ring, flusher_config)?, scan))
     }
 
@@ -134,12 +137,13 @@ impl<R: PersistentRegion> StagingLog<R> {
     pub fn recover<B: Backend, C: FnMut() -> u64, W: FnMut()>(
         region: R,
         epoch_at_least: u64,
+        binding: &Binding,
         flusher_config: FlusherConfig,
         backend: &mut B,
         wait: DrainWait<C, W>,
         foreign: &mut Vec<BackendCompletion>,
     ) -> Result<(Self, RecoveryReport), StagingError> {
-        let (mut log, scan) = StagingLog::open(region, epoch_at_least, flusher_config)?;
+        let (mut log, scan) = StagingLog::open(region, epoch_at_least, binding, flusher_config)?;
         let before = log.flusher.stats();
         log.drain_all(backend, wait, foreign)?;
         let after = log.flusher.stats();

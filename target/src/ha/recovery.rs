@@ -11,14 +11,23 @@
 //! recovery refuses with [`RecoveryError::CorruptRecord`] instead of silently
 //! dropping the acknowledged writes after it.
 //!
+//! A ring is bound to the medium it stages for (its superblock records the
+//! [`MediumIdentity`]): staged records are replayed only into that medium. A
+//! ring that holds staged writes for another medium, or (layout version 1) for
+//! an unknown one, is refused before anything in it is written, so the node it
+//! belongs to can still recover it; [`Binding::adopt_foreign`] overrides that
+//! for an operator who moved or copied the medium. A ring with nothing to
+//! replay is simply re-bound to the medium configured now.
+//!
 //! The recovered records come back as durable, unreleased records of the ring;
 //! the flusher then replays them to the medium in order, makes them durable and
 //! releases them (see `StagingLog::recover`), before the caller opens its ports.
 
-use super::ring::{
-    ControlState, Geometry, RecordHeader, RecoveredRecord, Ring, SuperblockError, CONTROL_SLOT_BYTES,
+use super::layout::{
+    ControlState, Geometry, MediumIdentity, RecordHeader, Superblock, SuperblockError, CONTROL_SLOT_BYTES,
     FLAG_CANCELLED, FLAG_PAD, RECORD_HEADER_BYTES, SUPERBLOCK_BYTES,
 };
+use super::ring::{RecoveredRecord, Ring};
 use tandem_env::persist::PersistentRegion;
 
 /// Why a ring cannot be recovered. Each variant says what was found and where.
@@ -39,6 +48,24 @@ pub enum RecoveryError {
          (recover from the partner's copy or repair the ring by hand)"
     )]
     CorruptRecord { seq: u64, offset: u64, reason: StopReason, later_seq: u64, later_offset: u64 },
+    #[error(
+        "the ring holds {records} staged writes ({bytes} bytes) for {recorded}, but this namespace's medium \
+         is {configured}: they are not replayed into another medium, and the ring is left as it is. Start the \
+         node whose medium it is; or, if this really is that medium (moved or copied), start once with \
+         --adopt-staging to replay them into it"
+    )]
+    MediumMismatch {
+        records: u64,
+        bytes: u64,
+        recorded: Box<MediumIdentity>,
+        configured: Box<MediumIdentity>,
+    },
+    #[error(
+        "the ring (superblock layout version 1) records no medium and holds {records} staged writes \
+         ({bytes} bytes); this namespace's medium is {configured}. The ring is left as it is; if it staged \
+         for this medium, start once with --adopt-staging to replay them into it"
+    )]
+    MediumUnknown { records: u64, bytes: u64, configured: Box<MediumIdentity> },
     #[error(
         "staging record {seq} at region offset {offset} has epoch {record_epoch}, newer than the control \
          block's {control_epoch}; refusing to recover"
@@ -89,19 +116,121 @@ pub struct ScanReport {
     /// The walk stopped at a record of an older epoch.
     pub stale_tail: bool,
     pub stop: StopReason,
+    /// The superblock was re-bound to the configured medium (it recorded
+    /// another or none, and nothing was staged, or `adopt_foreign` was set).
+    pub medium_rebound: bool,
 }
 
-/// Opens a ring in `region` after a crash or restart. If `epoch_at_least` is
-/// above the control block's epoch, the control block first moves to it (the
-/// membership layer knows this node's records were drained by the partner), so
-/// every record staged under the old epoch becomes a stale tail.
+/// The medium a ring is opened for: its staged records are replayed there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub medium: MediumIdentity,
+    /// Replay a ring bound to another (or an unknown) medium into this one
+    /// and re-bind it: the operator says the medium was moved or copied.
+    pub adopt_foreign: bool,
+}
+
+impl Binding {
+    pub fn new(medium: MediumIdentity) -> Binding {
+        Binding { medium, adopt_foreign: false }
+    }
+}
+
+/// Opens a ring in `region` after a crash or restart, for the medium of
+/// `binding` (see the module docs: nothing is written before the ring is known
+/// to belong to that medium). If `epoch_at_least` is above the control
+/// block's epoch, the control block first moves to it (the membership layer
+/// knows this node's records were drained by the partner), so every record
+/// staged under the old epoch becomes a stale tail.
 pub fn open_ring<R: PersistentRegion>(
     mut region: R,
     epoch_at_least: u64,
+    binding: &Binding,
 ) -> Result<(Ring<R>, ScanReport), RecoveryError> {
-    let region_bytes = region.len();
-    let geometry = Geometry::decode(&region.bytes()[..SUPERBLOCK_BYTES.min(region_bytes)], region_bytes)?;
-    let mut control = ControlState::read(region.bytes()).ok_or(RecoveryError::NoControlBlock)?;
+    let Read { mut superblock, control, bump_epoch, scan, staged_records, staged_bytes } =
+        read(region.bytes(), epoch_at_least)?;
+    let geometry = superblock.geometry;
+    let bound_here = superblock.medium.as_ref().is_some_and(|m| m.same_medium(&binding.medium));
+    if !bound_here && staged_records > 0 && !binding.adopt_foreign {
+        let configured = Box::new(binding.medium.clone());
+        return Err(match &superblock.medium {
+            Some(recorded) => RecoveryError::MediumMismatch {
+                records: staged_records,
+                bytes: staged_bytes,
+                recorded: Box::new(recorded.clone()),
+                configured,
+            },
+            None => RecoveryError::MediumUnknown { records: staged_records, bytes: staged_bytes, configured },
+        });
+    }
+    if !bound_here {
+        let recorded = superblock.medium.as_ref().map_or_else(|| "no medium".to_string(), |m| m.to_string());
+        tracing::warn!(
+            recorded = %recorded,
+            configured = %binding.medium,
+            staged_records,
+            "staging ring re-bound to this namespace's medium"
+        );
+        Superblock::encode(&geometry, &binding.medium, &mut region.bytes_mut()[..SUPERBLOCK_BYTES]);
+        region.persist(0, SUPERBLOCK_BYTES);
+        superblock.medium = Some(binding.medium.clone());
+    }
+    if bump_epoch {
+        let offset = ControlState::slot_offset(control.generation);
+        write_control(&mut region, offset, &control);
+    }
+
+    let report = ScanReport {
+        epoch: control.epoch,
+        released_seq: control.released_seq,
+        records_found: scan.records.len() as u64,
+        data_bytes_found: staged_bytes,
+        torn_tail: matches!(scan.stop, StopReason::BadCrc),
+        stale_tail: matches!(scan.stop, StopReason::StaleEpoch { .. }),
+        stop: scan.stop,
+        medium_rebound: !bound_here,
+    };
+    let ring = Ring::assemble(region, superblock, control, &scan.records, scan.tail_pos);
+    Ok((ring, report))
+}
+
+/// What a ring holds, read without writing anything: for a ring that is not
+/// to be opened (one left where an older build kept its rings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingContents {
+    /// The medium the superblock records (`None`: layout version 1).
+    pub medium: Option<MediumIdentity>,
+    /// Staged (not cancelled) records and their data bytes.
+    pub staged_records: u64,
+    pub staged_bytes: u64,
+}
+
+/// Reads a ring image without changing it.
+pub fn inspect(bytes: &[u8]) -> Result<RingContents, RecoveryError> {
+    let read = read(bytes, 0)?;
+    Ok(RingContents {
+        medium: read.superblock.medium,
+        staged_records: read.staged_records,
+        staged_bytes: read.staged_bytes,
+    })
+}
+
+struct Read {
+    superblock: Superblock,
+    /// The control block, moved to `epoch_at_least` in memory if it was older.
+    control: ControlState,
+    bump_epoch: bool,
+    scan: Scan,
+    staged_records: u64,
+    staged_bytes: u64,
+}
+
+/// Superblock, control block and the scan, read-only.
+fn read(bytes: &[u8], epoch_at_least: u64) -> Result<Read, RecoveryError> {
+    let region_bytes = bytes.len();
+    let superblock = Superblock::decode(&bytes[..SUPERBLOCK_BYTES.min(region_bytes)], region_bytes)?;
+    let geometry = superblock.geometry;
+    let mut control = ControlState::read(bytes).ok_or(RecoveryError::NoControlBlock)?;
     let align = geometry.record_align_bytes as u64;
     if control.head_offset >= geometry.area_bytes || !control.head_offset.is_multiple_of(align) {
         return Err(RecoveryError::BadHeadOffset {
@@ -109,29 +238,15 @@ pub fn open_ring<R: PersistentRegion>(
             area_bytes: geometry.area_bytes,
         });
     }
-    if epoch_at_least > control.epoch {
+    let bump_epoch = epoch_at_least > control.epoch;
+    if bump_epoch {
         control = ControlState { generation: control.generation + 1, epoch: epoch_at_least, ..control };
-        let offset = ControlState::slot_offset(control.generation);
-        write_control(&mut region, offset, &control);
     }
-
-    let scan = scan(region.bytes(), &geometry, &control)?;
-    let report = ScanReport {
-        epoch: control.epoch,
-        released_seq: control.released_seq,
-        records_found: scan.records.len() as u64,
-        data_bytes_found: scan
-            .records
-            .iter()
-            .filter(|r| r.header.flags & FLAG_CANCELLED == 0)
-            .map(|r| r.header.data_len as u64)
-            .sum(),
-        torn_tail: matches!(scan.stop, StopReason::BadCrc),
-        stale_tail: matches!(scan.stop, StopReason::StaleEpoch { .. }),
-        stop: scan.stop,
-    };
-    let ring = Ring::assemble(region, geometry, control, &scan.records, scan.tail_pos);
-    Ok((ring, report))
+    let scan = scan(bytes, &geometry, &control)?;
+    let staged = scan.records.iter().filter(|r| r.header.flags & FLAG_CANCELLED == 0);
+    let (staged_records, staged_bytes) =
+        staged.fold((0u64, 0u64), |(n, b), r| (n + 1, b + u64::from(r.header.data_len)));
+    Ok(Read { superblock, control, bump_epoch, scan, staged_records, staged_bytes })
 }
 
 fn write_control<R: PersistentRegion>(region: &mut R, offset: usize, control: &ControlState) {

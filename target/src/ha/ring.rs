@@ -4,32 +4,8 @@
 //! (the mirror adds the second store in a later layer). The flusher later writes
 //! the record to the medium and releases it.
 //!
-//! Layout (every offset is from the start of the region; the partner hosts a
-//! byte-identical copy, so nothing here may depend on the address it is mapped at):
-//! ```text
-//! 0                 superblock  (SUPERBLOCK_BYTES, CRC32C, written once by `format`)
-//! 4096              control block: two 64-byte slots (generation, epoch,
-//!                   released_seq, head offset, CRC32C) written alternately so a
-//!                   torn write leaves the other slot valid; then an 8-byte
-//!                   heartbeat word reserved for membership
-//! area_offset       record area, `area_bytes` long, a multiple of the record alignment
-//! ```
-//! A record starts at an aligned offset `p` of the area. Its 64-byte header
-//! sits at the END of the first aligned block (`p + align - 64`) and the data
-//! starts at `p + align`, aligned for O_DIRECT, so header and data form one
-//! contiguous byte range and one `persist()` call covers both. A record never
-//! straddles the end of the area: when it does not fit, a pad header at the
-//! tail says "continue at offset 0" (a pad carries the sequence number of the
-//! record after it and consumes no sequence number).
-//!
-//! Sequence numbers are dense (1, 2, 3, ...) within a ring's life; the only
-//! reuse is after a stale tail (see `recovery`), whose numbers the new epoch
-//! takes over, and records are told apart by their epoch.
-//! Records may be committed out of order (data for different commands arrives
-//! in any order), but headers are written and persisted strictly in sequence
-//! order, one record per persist call: so a valid record on the medium implies
-//! that every earlier record was durable before it. Recovery relies on that to
-//! tell a torn tail (never acknowledged) from a corrupt middle (data loss).
+//! The on-media layout (superblock, control block, record headers) lives in
+//! [`super::layout`], shared with recovery and, later, the partner's second store.
 //!
 //! Invariants (asserted): released_seq <= durable_seq < next_seq;
 //! head_pos <= tail_pos <= head_pos + area_bytes; the slot table holds exactly
@@ -38,37 +14,7 @@
 use std::collections::VecDeque;
 use tandem_env::persist::PersistentRegion;
 
-/// Bytes reserved for the superblock at the start of the region.
-pub const SUPERBLOCK_BYTES: usize = 4096;
-/// Offset of the control block.
-pub const CONTROL_OFFSET: usize = 4096;
-/// One control slot: generation, epoch, released_seq, head offset, CRC.
-pub const CONTROL_SLOT_BYTES: usize = 64;
-/// Offset of the heartbeat word (one torn-safe 8-byte word).
-pub const HEARTBEAT_OFFSET: usize = CONTROL_OFFSET + 2 * CONTROL_SLOT_BYTES;
-/// The record header size; it sits at the end of the record's first block.
-pub const RECORD_HEADER_BYTES: usize = 64;
-/// The default record alignment (data alignment for O_DIRECT).
-pub const RECORD_ALIGN_BYTES_DEFAULT: u32 = 4096;
-/// Superblock magic: "TNDMSTG1" as little-endian bytes.
-pub const SUPERBLOCK_MAGIC: u64 = u64::from_le_bytes(*b"TNDMSTG1");
-/// Record header magic: "TREC".
-pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TREC");
-/// Version of this layout; `open` refuses any other.
-pub const LAYOUT_VERSION: u32 = 1;
-/// Version field of a record header.
-pub const RECORD_VERSION: u16 = 1;
-
-/// Record flag: a pad marker; the record area continues at offset 0.
-pub const FLAG_PAD: u16 = 1 << 0;
-/// Record flag: the reservation was abandoned (the host went away before the
-/// data arrived). The record keeps its sequence number so sequences stay dense;
-/// its data is not covered by the CRC and is never written to the medium.
-pub const FLAG_CANCELLED: u16 = 1 << 1;
-
-const _: () = assert!(HEARTBEAT_OFFSET + 8 <= CONTROL_OFFSET + 4096);
-const _: () = assert!(SUPERBLOCK_FIELDS_BYTES + 4 <= SUPERBLOCK_BYTES);
-const _: () = assert!(RECORD_HEADER_BYTES as u32 <= RECORD_ALIGN_BYTES_DEFAULT);
+use super::layout::*;
 
 /// Errors of the ring: the region cannot hold a ring, or a caller asked for
 /// something the ring cannot do now.
@@ -96,284 +42,6 @@ pub enum ReserveError {
     RecordTooLarge { data_bytes: usize, data_bytes_max: usize },
     #[error("a record must carry at least one byte of data")]
     Empty,
-}
-
-/// How `format` lays out a new ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingConfig {
-    pub owner_node_id: u64,
-    pub created_epoch: u64,
-    /// Distinguishes this ring instance from an earlier one formatted in the
-    /// same region: records of another instance never validate. Use a random
-    /// or time-derived value.
-    pub format_nonce: u64,
-    pub record_align_bytes: u32,
-}
-
-/// Fixed geometry read from (or written to) the superblock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    pub owner_node_id: u64,
-    pub created_epoch: u64,
-    pub format_nonce: u64,
-    pub region_bytes: u64,
-    pub area_offset: u64,
-    pub area_bytes: u64,
-    pub record_align_bytes: u32,
-}
-
-const SUPERBLOCK_FIELDS_BYTES: usize = 64;
-
-impl Geometry {
-    /// Computes the geometry of a new ring for a region of `region_bytes`.
-    pub fn for_region(region_bytes: usize, config: &RingConfig) -> Result<Geometry, RingError> {
-        let align = config.record_align_bytes;
-        if !align.is_power_of_two() || !(4096..=1 << 20).contains(&align) {
-            return Err(RingError::BadAlignment { align_bytes: align });
-        }
-        let align = align as u64;
-        let area_offset = round_up((CONTROL_OFFSET + 4096) as u64, align);
-        let area_bytes = (region_bytes as u64).saturating_sub(area_offset) / align * align;
-        // At least two minimal records (header block + one data block each).
-        let needed_bytes = area_offset + 4 * align;
-        if (region_bytes as u64) < needed_bytes || area_bytes < 4 * align {
-            return Err(RingError::RegionTooSmall { region_bytes, needed_bytes: needed_bytes as usize });
-        }
-        Ok(Geometry {
-            owner_node_id: config.owner_node_id,
-            created_epoch: config.created_epoch,
-            format_nonce: config.format_nonce,
-            region_bytes: region_bytes as u64,
-            area_offset,
-            area_bytes,
-            record_align_bytes: config.record_align_bytes,
-        })
-    }
-
-    /// Encodes the superblock (fields then CRC32C of the fields).
-    pub fn encode(&self, out: &mut [u8]) {
-        let b = &mut out[..SUPERBLOCK_FIELDS_BYTES + 4];
-        b.fill(0);
-        put_u64(b, 0, SUPERBLOCK_MAGIC);
-        put_u32(b, 8, LAYOUT_VERSION);
-        put_u32(b, 12, self.record_align_bytes);
-        put_u64(b, 16, self.owner_node_id);
-        put_u64(b, 24, self.created_epoch);
-        put_u64(b, 32, self.format_nonce);
-        put_u64(b, 40, self.region_bytes);
-        put_u64(b, 48, self.area_offset);
-        put_u64(b, 56, self.area_bytes);
-        let crc = crc32c::crc32c(&b[..SUPERBLOCK_FIELDS_BYTES]);
-        put_u32(b, SUPERBLOCK_FIELDS_BYTES, crc);
-    }
-
-    /// Decodes and validates a superblock against the region it was read from.
-    pub fn decode(bytes: &[u8], region_bytes: usize) -> Result<Geometry, SuperblockError> {
-        if bytes.len() < SUPERBLOCK_FIELDS_BYTES + 4 {
-            return Err(SuperblockError::Truncated { region_bytes });
-        }
-        let magic = get_u64(bytes, 0);
-        if magic != SUPERBLOCK_MAGIC {
-            return Err(SuperblockError::BadMagic { found: magic });
-        }
-        let stored_crc = get_u32(bytes, SUPERBLOCK_FIELDS_BYTES);
-        let computed_crc = crc32c::crc32c(&bytes[..SUPERBLOCK_FIELDS_BYTES]);
-        if stored_crc != computed_crc {
-            return Err(SuperblockError::BadCrc { stored: stored_crc, computed: computed_crc });
-        }
-        let version = get_u32(bytes, 8);
-        if version != LAYOUT_VERSION {
-            return Err(SuperblockError::UnsupportedVersion { found: version, supported: LAYOUT_VERSION });
-        }
-        let geometry = Geometry {
-            record_align_bytes: get_u32(bytes, 12),
-            owner_node_id: get_u64(bytes, 16),
-            created_epoch: get_u64(bytes, 24),
-            format_nonce: get_u64(bytes, 32),
-            region_bytes: get_u64(bytes, 40),
-            area_offset: get_u64(bytes, 48),
-            area_bytes: get_u64(bytes, 56),
-        };
-        let align = geometry.record_align_bytes as u64;
-        let consistent = geometry.region_bytes == region_bytes as u64
-            && align.is_power_of_two()
-            && (4096..=1 << 20).contains(&align)
-            && geometry.area_offset.is_multiple_of(align)
-            && geometry.area_offset >= (CONTROL_OFFSET + 4096) as u64
-            && geometry.area_bytes.is_multiple_of(align)
-            && geometry.area_bytes >= 4 * align
-            && geometry
-                .area_offset
-                .checked_add(geometry.area_bytes)
-                .is_some_and(|end| end <= region_bytes as u64);
-        if !consistent {
-            return Err(SuperblockError::BadGeometry { geometry, region_bytes });
-        }
-        Ok(geometry)
-    }
-
-    /// The largest data length one record can carry.
-    pub fn record_data_bytes_max(&self) -> usize {
-        (self.area_bytes - self.record_align_bytes as u64) as usize
-    }
-
-    /// Total ring bytes a record with `data_len` bytes occupies.
-    pub fn record_total_bytes(&self, data_len: usize) -> u64 {
-        let align = self.record_align_bytes as u64;
-        align + round_up(data_len as u64, align)
-    }
-}
-
-/// A superblock that cannot be trusted; `open` refuses the region.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-pub enum SuperblockError {
-    #[error("region of {region_bytes} bytes is too small to hold a superblock")]
-    Truncated { region_bytes: usize },
-    #[error("no staging ring here: superblock magic {found:#018x}")]
-    BadMagic { found: u64 },
-    #[error("superblock CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    BadCrc { stored: u32, computed: u32 },
-    #[error("superblock layout version {found}, this build supports {supported}")]
-    UnsupportedVersion { found: u32, supported: u32 },
-    #[error("superblock geometry {geometry:?} does not fit a region of {region_bytes} bytes")]
-    BadGeometry { geometry: Geometry, region_bytes: usize },
-}
-
-/// One control slot as stored. Two slots alternate; the valid one with the
-/// higher generation is current.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ControlState {
-    pub generation: u64,
-    pub epoch: u64,
-    pub released_seq: u64,
-    /// Area offset where the record after `released_seq` starts (or its pad).
-    pub head_offset: u64,
-}
-
-impl ControlState {
-    const CRC_AT: usize = 32;
-
-    pub(crate) fn encode(&self, out: &mut [u8]) {
-        let b = &mut out[..CONTROL_SLOT_BYTES];
-        b.fill(0);
-        put_u64(b, 0, self.generation);
-        put_u64(b, 8, self.epoch);
-        put_u64(b, 16, self.released_seq);
-        put_u64(b, 24, self.head_offset);
-        let crc = crc32c::crc32c(&b[..Self::CRC_AT]);
-        put_u32(b, Self::CRC_AT, crc);
-    }
-
-    fn decode(b: &[u8]) -> Option<ControlState> {
-        let stored_crc = get_u32(b, Self::CRC_AT);
-        if crc32c::crc32c(&b[..Self::CRC_AT]) != stored_crc {
-            return None;
-        }
-        let state = ControlState {
-            generation: get_u64(b, 0),
-            epoch: get_u64(b, 8),
-            released_seq: get_u64(b, 16),
-            head_offset: get_u64(b, 24),
-        };
-        // generation 0 is an all-zero (never written) slot whose CRC is not zero,
-        // so it fails above; a written slot always has generation >= 1.
-        (state.generation >= 1).then_some(state)
-    }
-
-    /// Reads both slots from the control block; `None` if neither is valid.
-    pub fn read(region_bytes: &[u8]) -> Option<ControlState> {
-        let slot0 = ControlState::decode(&region_bytes[CONTROL_OFFSET..CONTROL_OFFSET + CONTROL_SLOT_BYTES]);
-        let slot1 = ControlState::decode(
-            &region_bytes[CONTROL_OFFSET + CONTROL_SLOT_BYTES..CONTROL_OFFSET + 2 * CONTROL_SLOT_BYTES],
-        );
-        match (slot0, slot1) {
-            (Some(a), Some(b)) => Some(if a.generation >= b.generation { a } else { b }),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Offset of the slot this generation is written to.
-    pub fn slot_offset(generation: u64) -> usize {
-        CONTROL_OFFSET + (generation % 2) as usize * CONTROL_SLOT_BYTES
-    }
-}
-
-/// A record header (64 bytes at the end of the record's first block).
-/// Layout, little-endian: magic u32, version u16, flags u16, format_nonce u64,
-/// epoch u64, seq u64, slba u64, nsid u32, nlb u32 (block count, 1-based),
-/// data_len u32, 8 reserved bytes, CRC32C u32 over bytes 0..60 then the data
-/// (the data only when neither PAD nor CANCELLED is set).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecordHeader {
-    pub flags: u16,
-    pub format_nonce: u64,
-    pub epoch: u64,
-    pub seq: u64,
-    pub slba: u64,
-    pub nsid: u32,
-    pub nlb: u32,
-    pub data_len: u32,
-}
-
-impl RecordHeader {
-    const CRC_AT: usize = 60;
-
-    /// Writes the header fields (not the CRC) into `out[..64]`.
-    pub fn encode_fields(&self, out: &mut [u8]) {
-        let b = &mut out[..RECORD_HEADER_BYTES];
-        b.fill(0);
-        put_u32(b, 0, RECORD_MAGIC);
-        b[4..6].copy_from_slice(&RECORD_VERSION.to_le_bytes());
-        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
-        put_u64(b, 8, self.format_nonce);
-        put_u64(b, 16, self.epoch);
-        put_u64(b, 24, self.seq);
-        put_u64(b, 32, self.slba);
-        put_u32(b, 40, self.nsid);
-        put_u32(b, 44, self.nlb);
-        put_u32(b, 48, self.data_len);
-    }
-
-    /// Parses the fields of a header; `None` if the magic or version is wrong
-    /// (the CRC is checked by [`RecordHeader::crc_matches`]).
-    pub fn decode(b: &[u8]) -> Option<RecordHeader> {
-        if b.len() < RECORD_HEADER_BYTES || get_u32(b, 0) != RECORD_MAGIC {
-            return None;
-        }
-        if u16::from_le_bytes([b[4], b[5]]) != RECORD_VERSION {
-            return None;
-        }
-        Some(RecordHeader {
-            flags: u16::from_le_bytes([b[6], b[7]]),
-            format_nonce: get_u64(b, 8),
-            epoch: get_u64(b, 16),
-            seq: get_u64(b, 24),
-            slba: get_u64(b, 32),
-            nsid: get_u32(b, 40),
-            nlb: get_u32(b, 44),
-            data_len: get_u32(b, 48),
-        })
-    }
-
-    /// True if the CRC covers the data of this record.
-    pub fn crc_covers_data(&self) -> bool {
-        self.flags & (FLAG_PAD | FLAG_CANCELLED) == 0
-    }
-
-    /// The CRC of the header bytes (0..60) and, if covered, the data.
-    pub fn compute_crc(header_bytes: &[u8], data: &[u8]) -> u32 {
-        crc32c::crc32c_append(crc32c::crc32c(&header_bytes[..Self::CRC_AT]), data)
-    }
-
-    /// Stores `crc` into the header bytes.
-    pub fn store_crc(header_bytes: &mut [u8], crc: u32) {
-        put_u32(header_bytes, Self::CRC_AT, crc);
-    }
-
-    /// True if the stored CRC matches the header bytes and `data`.
-    pub fn crc_matches(header_bytes: &[u8], data: &[u8]) -> bool {
-        get_u32(header_bytes, Self::CRC_AT) == Self::compute_crc(header_bytes, data)
-    }
 }
 
 /// A reserved record, consumed by [`Ring::commit`] or [`Ring::cancel`]. Every
@@ -456,6 +124,9 @@ pub(crate) struct RecoveredRecord {
 pub struct Ring<R: PersistentRegion> {
     region: R,
     geometry: Geometry,
+    /// The medium the superblock binds this ring to (`None`: a version-1 ring
+    /// that recorded none).
+    medium: Option<MediumIdentity>,
     control: ControlState,
     /// All sequences <= this are durable (header and data persisted).
     durable_seq: u64,
@@ -475,7 +146,7 @@ impl<R: PersistentRegion> Ring<R> {
     pub fn format(mut region: R, config: &RingConfig) -> Result<Ring<R>, RingError> {
         let geometry = Geometry::for_region(region.len(), config)?;
         let bytes = region.bytes_mut();
-        geometry.encode(&mut bytes[..SUPERBLOCK_BYTES]);
+        Superblock::encode(&geometry, &config.medium, &mut bytes[..SUPERBLOCK_BYTES]);
         // Zero the whole control block: stale slots of an earlier ring must not
         // outrank the new generation.
         bytes[CONTROL_OFFSET..CONTROL_OFFSET + 4096].fill(0);
@@ -483,18 +154,20 @@ impl<R: PersistentRegion> Ring<R> {
             ControlState { generation: 1, epoch: config.created_epoch, released_seq: 0, head_offset: 0 };
         control.encode(&mut bytes[ControlState::slot_offset(1)..]);
         region.persist(0, CONTROL_OFFSET + 4096);
-        Ok(Ring::assemble(region, geometry, control, &[], 0))
+        let superblock = Superblock { geometry, medium: Some(config.medium.clone()) };
+        Ok(Ring::assemble(region, superblock, control, &[], 0))
     }
 
     /// Builds the in-memory state from a validated superblock, control state
     /// and the chain of valid records after `released_seq` (from recovery).
     pub(crate) fn assemble(
         region: R,
-        geometry: Geometry,
+        superblock: Superblock,
         control: ControlState,
         recovered: &[RecoveredRecord],
         tail_pos: u64,
     ) -> Ring<R> {
+        let Superblock { geometry, medium } = superblock;
         let slots_max = (geometry.area_bytes / (2 * geometry.record_align_bytes as u64)) as usize;
         let mut slots = VecDeque::with_capacity(slots_max);
         for record in recovered {
@@ -517,6 +190,7 @@ impl<R: PersistentRegion> Ring<R> {
             record_data_bytes_max: geometry.record_data_bytes_max(),
             region,
             geometry,
+            medium,
             control,
             durable_seq: last_seq,
             next_seq: last_seq + 1,
@@ -545,6 +219,10 @@ impl<R: PersistentRegion> Ring<R> {
 
     pub fn geometry(&self) -> &Geometry {
         &self.geometry
+    }
+    /// The medium this ring stages for, as its superblock records it.
+    pub fn medium(&self) -> Option<&MediumIdentity> {
+        self.medium.as_ref()
     }
     pub fn epoch(&self) -> u64 {
         self.control.epoch
@@ -819,35 +497,19 @@ impl<R: PersistentRegion> Ring<R> {
     }
 }
 
-pub(crate) fn round_up(value: u64, align: u64) -> u64 {
-    value.div_ceil(align) * align
-}
-
-pub(crate) fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-pub(crate) fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-/// Reads at a layout-defined offset; callers bound-check `b` against the layout first.
-pub(crate) fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(word)
-}
-pub(crate) fn get_u32(b: &[u8], at: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(word)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tandem_env::persist::MemRegion;
 
     pub(crate) fn config() -> RingConfig {
-        RingConfig { owner_node_id: 1, created_epoch: 1, format_nonce: 0xfeed, record_align_bytes: 4096 }
+        RingConfig {
+            owner_node_id: 1,
+            created_epoch: 1,
+            format_nonce: 0xfeed,
+            record_align_bytes: 4096,
+            medium: test_medium(1),
+        }
     }
 
     fn stage(ring: &mut Ring<MemRegion>, len: usize, fill: u8, slba: u64) -> u64 {
@@ -857,14 +519,53 @@ mod tests {
     }
 
     #[test]
-    fn geometry_round_trips_through_superblock() {
+    fn geometry_and_medium_round_trip_through_superblock() {
+        let geometry = Geometry::for_region(1 << 20, &config()).expect("geometry");
+        let medium = MediumIdentity { path: "é".repeat(200), ..test_medium(3) };
+        let mut bytes = vec![0u8; SUPERBLOCK_BYTES];
+        Superblock::encode(&geometry, &medium, &mut bytes);
+        let decoded = Superblock::decode(&bytes, 1 << 20).expect("decode");
+        assert_eq!(decoded.geometry, geometry);
+        let recorded = decoded.medium.expect("a version-2 superblock records its medium");
+        // The path is cut to 256 bytes at a char boundary; the identity is whole.
+        assert_eq!(recorded.path, "é".repeat(128));
+        assert!(recorded.same_medium(&medium));
+        assert_eq!(
+            MediumIdentity { path: String::new(), ..recorded },
+            MediumIdentity { path: String::new(), ..medium }
+        );
+        bytes[20] ^= 1;
+        assert!(matches!(Superblock::decode(&bytes, 1 << 20), Err(SuperblockError::BadCrc { .. })));
+        bytes[20] ^= 1;
+        bytes[100] ^= 1; // the inode is covered by the CRC too
+        assert!(matches!(Superblock::decode(&bytes, 1 << 20), Err(SuperblockError::BadCrc { .. })));
+        assert!(matches!(Superblock::decode(&[0u8; 16], 1 << 20), Err(SuperblockError::Truncated { .. })));
+    }
+
+    #[test]
+    fn version_1_superblock_reads_with_no_medium_and_other_versions_are_refused() {
         let geometry = Geometry::for_region(1 << 20, &config()).expect("geometry");
         let mut bytes = vec![0u8; SUPERBLOCK_BYTES];
-        geometry.encode(&mut bytes);
-        assert_eq!(Geometry::decode(&bytes, 1 << 20), Ok(geometry));
-        bytes[20] ^= 1;
-        assert!(matches!(Geometry::decode(&bytes, 1 << 20), Err(SuperblockError::BadCrc { .. })));
-        assert!(matches!(Geometry::decode(&[0u8; 16], 1 << 20), Err(SuperblockError::Truncated { .. })));
+        encode_superblock_v1(&geometry, &mut bytes);
+        assert_eq!(Superblock::decode(&bytes, 1 << 20), Ok(Superblock { geometry, medium: None }));
+        bytes[8] = 3;
+        assert_eq!(
+            Superblock::decode(&bytes, 1 << 20),
+            Err(SuperblockError::UnsupportedVersion { found: 3, supported: 2 })
+        );
+    }
+
+    #[test]
+    fn medium_identity_compares_kind_namespace_blocks_and_object_not_path() {
+        let a = test_medium(1);
+        assert!(a.same_medium(&MediumIdentity { path: "/elsewhere/renamed.img".into(), ..a.clone() }));
+        assert!(!a.same_medium(&MediumIdentity { ino: a.ino + 1, ..a.clone() }), "a copy of the image");
+        assert!(!a.same_medium(&MediumIdentity { dev: a.dev + 1, ..a.clone() }));
+        assert!(!a.same_medium(&test_medium(2)), "another namespace");
+        assert!(!a.same_medium(&MediumIdentity { block_bytes: 512, ..a.clone() }));
+        assert!(!a.same_medium(&MediumIdentity { kind: MediumKind::BlockDevice, ..a.clone() }));
+        let text = a.to_string();
+        assert!(text.starts_with("file /test/medium-1.img (device 8:1, inode 1001, NGUID 0101"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,18 @@ use tandem_env::persist::{DomainKind, MemRegion, PersistentRegion};
 const BLOCK: u32 = 512;
 
 fn ring_config() -> RingConfig {
-    RingConfig { owner_node_id: 7, created_epoch: 1, format_nonce: 0x5eed, record_align_bytes: 4096 }
+    RingConfig {
+        owner_node_id: 7,
+        created_epoch: 1,
+        format_nonce: 0x5eed,
+        record_align_bytes: 4096,
+        medium: layout::test_medium(7),
+    }
+}
+
+/// The medium the tests' rings are formatted for.
+fn binding() -> Binding {
+    Binding::new(layout::test_medium(7))
 }
 
 fn flusher_config() -> FlusherConfig {
@@ -522,6 +533,7 @@ fn torn_tail_is_dropped_on_recovery() {
         let (log, report) = StagingLog::recover(
             region,
             0,
+            &binding(),
             flusher_config(),
             &mut backend,
             drain_wait(&mut clock),
@@ -552,7 +564,7 @@ fn corrupt_middle_is_refused_with_a_clear_error() {
     let mut region = log.into_region();
     region.bytes_mut()[info.data_offset + 100] ^= 0x40;
     region.persist(info.data_offset + 100, 1);
-    let result = StagingLog::open(region, 0, flusher_config());
+    let result = StagingLog::open(region, 0, &binding(), flusher_config());
     let Err(StagingError::Recovery(error)) = result else { panic!("corrupt middle accepted") };
     assert!(
         matches!(
@@ -569,15 +581,15 @@ fn corrupt_middle_is_refused_with_a_clear_error() {
 fn bad_superblock_is_refused() {
     let mut region = MemRegion::new(256 * 1024);
     assert!(matches!(
-        StagingLog::open(region.clone(), 0, flusher_config()),
-        Err(StagingError::Recovery(RecoveryError::Superblock(ring::SuperblockError::BadMagic { .. })))
+        StagingLog::open(region.clone(), 0, &binding(), flusher_config()),
+        Err(StagingError::Recovery(RecoveryError::Superblock(layout::SuperblockError::BadMagic { .. })))
     ));
     let log = StagingLog::format(region, &ring_config(), flusher_config()).expect("format");
     region = log.into_region();
     region.bytes_mut()[30] ^= 1;
     assert!(matches!(
-        StagingLog::open(region, 0, flusher_config()),
-        Err(StagingError::Recovery(RecoveryError::Superblock(ring::SuperblockError::BadCrc { .. })))
+        StagingLog::open(region, 0, &binding(), flusher_config()),
+        Err(StagingError::Recovery(RecoveryError::Superblock(layout::SuperblockError::BadCrc { .. })))
     ));
 }
 
@@ -591,7 +603,7 @@ fn epoch_change_makes_old_records_a_stale_tail() {
     // The partner drained these records and moved to epoch 2: on return,
     // this node opens its ring at epoch 2 and must not replay them.
     let region = log.into_region();
-    let (mut log, scan) = StagingLog::open(region, 2, flusher_config()).expect("open");
+    let (mut log, scan) = StagingLog::open(region, 2, &binding(), flusher_config()).expect("open");
     assert!(scan.stale_tail);
     assert_eq!(scan.records_found, 0);
     assert_eq!(log.epoch(), 2);
@@ -605,6 +617,7 @@ fn epoch_change_makes_old_records_a_stale_tail() {
     let (log, report) = StagingLog::recover(
         region,
         0,
+        &binding(),
         flusher_config(),
         &mut backend,
         drain_wait(&mut clock),
@@ -641,7 +654,7 @@ fn begin_epoch_after_drain_only() {
     pump(&mut log, &mut backend, &mut now_ms);
     log.begin_epoch(2).expect("drained");
     log.stage(1, 0, 8, &[2; 4096]).expect("stage");
-    let (_, scan) = StagingLog::open(log.into_region(), 0, flusher_config()).expect("open");
+    let (_, scan) = StagingLog::open(log.into_region(), 0, &binding(), flusher_config()).expect("open");
     assert_eq!((scan.epoch, scan.records_found, scan.released_seq), (2, 1, 1));
 }
 
@@ -754,6 +767,7 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
                     StagingLog::recover(
                         region,
                         0,
+                        &binding(),
                         flusher_config(),
                         &mut cache_backend,
                         drain_wait(&mut clock),
@@ -763,6 +777,7 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
                     StagingLog::recover(
                         region,
                         0,
+                        &binding(),
                         flusher_config(),
                         &mut fault_backend,
                         drain_wait(&mut clock),
@@ -818,7 +833,7 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
             // The next lifetime dies at a fresh random persist.
             let mut region = recovered.into_region();
             region.persists_left = Some(next_budget);
-            log = StagingLog::open(region, 0, flusher_config()).expect("reopen after recovery").0;
+            log = StagingLog::open(region, 0, &binding(), flusher_config()).expect("reopen after recovery").0;
             assert_eq!(log.released_seq(), log.durable_seq());
         }
     }
@@ -853,4 +868,120 @@ fn read_fault_block(backend: &mut FaultBackend<RamBackend>, lba: u64) -> (u64, u
     backend.poll_completions(&mut done);
     let completion = done.pop().expect("read completion");
     parse_block(&completion.buf.expect("buf")[..BLOCK as usize])
+}
+
+/// A ring with three staged writes for `layout::test_medium(7)`.
+fn ring_with_three_staged() -> MemRegion {
+    let mut log =
+        StagingLog::format(MemRegion::new(256 * 1024), &ring_config(), flusher_config()).expect("format");
+    for seq in 1..=3u64 {
+        log.stage(1, seq * 8, 8, &[seq as u8; 4096]).expect("stage");
+    }
+    log.into_region()
+}
+
+#[test]
+fn staged_writes_are_not_replayed_into_another_medium_and_the_ring_is_untouched() {
+    let region = ring_with_three_staged();
+    let before = region.bytes().to_vec();
+    let other = layout::test_medium(7);
+    let other = layout::MediumIdentity { ino: other.ino + 1, path: "/b/medium.img".into(), ..other };
+    let mut backend = CacheBackend::new(64, 1);
+    let mut clock = 0;
+    let result = StagingLog::recover(
+        region.clone(),
+        0,
+        &Binding::new(other.clone()),
+        flusher_config(),
+        &mut backend,
+        drain_wait(&mut clock),
+        &mut Vec::new(),
+    );
+    let Err(StagingError::Recovery(error)) = result else { panic!("replayed into another medium") };
+    let RecoveryError::MediumMismatch { records, bytes, recorded, configured } = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!((*records, *bytes), (3, 3 * 4096));
+    assert!(recorded.same_medium(&layout::test_medium(7)) && configured.same_medium(&other));
+    let message = error.to_string();
+    assert!(message.contains("/test/medium-7.img") && message.contains("/b/medium.img"), "{message}");
+    assert!(message.contains("--adopt-staging"), "{message}");
+    assert_eq!(region.bytes(), &before[..], "the refused ring is left byte for byte as it was");
+    assert!((8..32).all(|lba| backend.durable_block(lba) == &[0u8; 512][..]), "nothing reached the medium");
+
+    // The right medium still recovers all three.
+    let (log, report) = StagingLog::recover(
+        region,
+        0,
+        &binding(),
+        flusher_config(),
+        &mut backend,
+        drain_wait(&mut clock),
+        &mut Vec::new(),
+    )
+    .expect("recover into its own medium");
+    assert_eq!(report.replayed_records, 3);
+    assert!(!report.scan.medium_rebound);
+    assert_eq!(log.released_seq(), 3);
+}
+
+#[test]
+fn an_empty_ring_is_rebound_and_a_foreign_one_only_when_adopted() {
+    let other = layout::test_medium(9);
+    // Drained: nothing staged, so the ring simply follows the configured medium.
+    let mut log =
+        StagingLog::format(MemRegion::new(256 * 1024), &ring_config(), flusher_config()).expect("format");
+    let mut backend = RamBackend::new(BLOCK, 64).expect("ram");
+    let mut clock = 0;
+    log.stage(1, 8, 8, &[1; 4096]).expect("stage");
+    log.drain_all(&mut backend, drain_wait(&mut clock), &mut Vec::new()).expect("drain");
+    let (log, scan) =
+        StagingLog::open(log.into_region(), 0, &Binding::new(other.clone()), flusher_config()).expect("open");
+    assert!(scan.medium_rebound);
+    assert_eq!(log.ring().medium(), Some(&other));
+    let (_, scan) = StagingLog::open(log.into_region(), 0, &Binding::new(other.clone()), flusher_config())
+        .expect("reopen");
+    assert!(!scan.medium_rebound, "the re-bound superblock persisted");
+
+    // Staged writes for medium 7 are replayed into medium 9 only when adopted.
+    let binding = Binding { medium: other.clone(), adopt_foreign: true };
+    let (log, report) = StagingLog::recover(
+        ring_with_three_staged(),
+        0,
+        &binding,
+        flusher_config(),
+        &mut backend,
+        drain_wait(&mut clock),
+        &mut Vec::new(),
+    )
+    .expect("adopted");
+    assert!(report.scan.medium_rebound);
+    assert_eq!(report.replayed_records, 3);
+    assert_eq!(log.ring().medium(), Some(&other));
+}
+
+#[test]
+fn a_version_1_ring_with_staged_writes_is_refused_until_adopted() {
+    // What a build before the medium identity left behind.
+    let mut region = ring_with_three_staged();
+    let geometry = layout::Superblock::decode(&region.bytes()[..layout::SUPERBLOCK_BYTES], region.len())
+        .expect("superblock")
+        .geometry;
+    layout::encode_superblock_v1(&geometry, &mut region.bytes_mut()[..layout::SUPERBLOCK_BYTES]);
+    region.persist(0, layout::SUPERBLOCK_BYTES);
+    let contents = inspect(region.bytes()).expect("inspect");
+    assert_eq!((contents.medium, contents.staged_records, contents.staged_bytes), (None, 3, 3 * 4096));
+    let before = region.bytes().to_vec();
+    let Err(StagingError::Recovery(error)) =
+        StagingLog::open(region.clone(), 0, &binding(), flusher_config())
+    else {
+        panic!("an unbound ring was replayed")
+    };
+    assert!(matches!(error, RecoveryError::MediumUnknown { records: 3, .. }), "{error:?}");
+    assert!(error.to_string().contains("layout version 1"), "{error}");
+    assert_eq!(region.bytes(), &before[..]);
+    let adopt = Binding { adopt_foreign: true, ..binding() };
+    let (log, scan) = StagingLog::open(region, 0, &adopt, flusher_config()).expect("adopt");
+    assert_eq!((scan.records_found, scan.medium_rebound), (3, true));
+    assert!(log.ring().medium().is_some_and(|m| m.same_medium(&layout::test_medium(7))));
 }

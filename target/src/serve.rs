@@ -27,11 +27,12 @@ use tracing::{info, warn};
 use crate::backend::{Backend, FaultBackend, FaultControl, FileBackend, RamBackend};
 use crate::config::{BackendKind, Config, NamespaceConfig, PollMode, StagingConfig, StagingDomain};
 use crate::ctrl::{NamespaceGeometry, TargetState};
-use crate::ha::layout::MediumKind;
+use crate::ha::layout::{MediumKind, CONTROL_OFFSET};
 use crate::ha::{Binding, DrainWait, FlusherConfig, MediumIdentity, RingConfig, StagingLog};
 use crate::rpc::{self, RpcHandler, RpcServer};
 use crate::transport::media::{NsMedia, Staged, StagingStatus};
 use crate::transport::tcp::{PollGroup, TransportLimits};
+use tandem_env::persist::PersistentRegion;
 use tandem_env::{open_region, DomainKind, MappedRegion};
 
 /// Connections one reactor serves at most.
@@ -437,9 +438,17 @@ fn open_staging(
     std::fs::create_dir_all(&st.dir)
         .with_context(|| format!("staging.dir: cannot create {}", st.dir.display()))?;
     let path = ring_path(st, subnqn, ns.nsid);
-    let existed = path.exists();
+    if !path.exists() {
+        if let Some(legacy_dir) = &st.legacy_dir {
+            check_legacy_ring(legacy_dir, &path, &medium)?;
+        }
+    }
     let region = open_region(kind, &path, st.ring_bytes as usize)
         .map_err(|e| anyhow!("staging ring {}: {e}", path.display()))?;
+    // A ring file whose superblock and control block are all zero was never
+    // formatted (new, or a crash before `format` persisted): no record can
+    // exist in it without them.
+    let existed = region.bytes()[..CONTROL_OFFSET + 4096].iter().any(|&b| b != 0);
     // Many small batches in flight: random writes do not merge, and each
     // medium Flush (fdatasync) then covers more of them.
     let flusher = FlusherConfig {
@@ -448,9 +457,6 @@ fn open_staging(
         ..FlusherConfig::default()
     };
     if !existed {
-        if let Some(legacy_dir) = &st.legacy_dir {
-            check_legacy_ring(legacy_dir, &path, &medium)?;
-        }
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -509,7 +515,10 @@ fn check_legacy_ring(legacy_dir: &Path, path: &Path, medium: &MediumIdentity) ->
     let bytes = std::fs::read(&legacy).with_context(|| format!("staging ring {}: read", legacy.display()))?;
     match crate::ha::inspect(&bytes) {
         Ok(contents) if contents.staged_records == 0 => {
-            info!(ring = %legacy.display(), "an empty staging ring at the default location of an older build is not used; it may be removed");
+            info!(
+                ring = %legacy.display(),
+                "an empty staging ring at the default location of an older build is not used; it may be removed"
+            );
             Ok(())
         }
         Ok(contents) => bail!(

@@ -41,7 +41,7 @@ def allocated(path):
 
 def fault(tandem, socket, params):
     subprocess.run(
-        [tandem, "rpc", "--socket", socket, "call", "fault", json.dumps(params)],
+        [tandem, "rpc", "--socket", socket, "tandem_fault_inject", "-p", json.dumps(params)],
         check=True,
         stdout=subprocess.DEVNULL,
     )

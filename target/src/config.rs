@@ -224,7 +224,7 @@ cores = [0]                     # one reactor per listed core
 poll = "adaptive"               # "adaptive" (spin, then sleep when idle) or "busy"
 data_dir = "tandem-data/a"      # optional: created at start; relative namespace paths live here
                                 #   (a relative data_dir is relative to the working directory)
-# rpc_socket = "/run/tandem-a.sock" # optional: control socket for `tandem rpc`
+# rpc_socket = "/run/tandem-a.sock" # optional: control socket for `tandem rpc` (JSON-RPC 2.0)
 
 [[ports]]
 id = 1                          # NVMe-oF port id (PORTID in discovery), unique across the pair

@@ -47,13 +47,26 @@ enum Command {
     Perf(tandem_perf::PerfArgs),
     /// Run a whole pair on loopback with a workload and a failover, and print a verdict.
     Demo(demo::DemoArgs),
-    /// Talk to a running node's control socket.
+    /// Call a method on a running node's control socket (JSON-RPC 2.0) and print its result.
+    ///
+    /// Params are given as `--name value` pairs (a value that parses as JSON
+    /// is taken as JSON, anything else as a string; `--listen-address` is
+    /// the param `listen_address`) or whole as `-p '{"name": ...}'`.
+    /// `rpc_get_methods` lists the methods. Shorthands: `status` for
+    /// `tandem_get_status`, `ana-set --port P --group G --state S` for
+    /// `tandem_set_ana_state`.
+    #[command(after_help = "Examples:\n  tandem rpc -s /run/tandem-a.sock nvmf_get_subsystems\n  \
+                      tandem rpc -s /run/tandem-a.sock ana-set --port 1 --group 1 --state inaccessible\n  \
+                      tandem rpc -s /run/tandem-a.sock tandem_fault_inject -p '{\"nsid\":1,\"action\":\"heal\"}'")]
     Rpc {
         /// The node's control socket (`node.rpc_socket` in its config).
-        #[arg(long)]
+        #[arg(short = 's', long)]
         socket: PathBuf,
-        #[command(subcommand)]
-        command: RpcCommand,
+        /// The method to call.
+        method: String,
+        /// Its params: `--name value ...` or `-p JSON`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        params: Vec<String>,
     },
 }
 
@@ -66,24 +79,6 @@ enum ConfigCommand {
         #[arg(long)]
         config: PathBuf,
     },
-}
-
-#[derive(Subcommand)]
-enum RpcCommand {
-    /// The node's state: ports, ANA groups, controllers, counters.
-    Status,
-    /// Set the ANA state of a group as seen through a port (all ports if --port is omitted).
-    AnaSet {
-        #[arg(long)]
-        port: Option<u16>,
-        #[arg(long)]
-        group: u32,
-        /// optimized | non-optimized | inaccessible | persistent-loss | change
-        #[arg(long)]
-        state: String,
-    },
-    /// Any method with JSON params.
-    Call { method: String, params: Option<String> },
 }
 
 fn main() -> ExitCode {
@@ -147,23 +142,81 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = demo::run(&args)?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Rpc { socket, command } => {
-            let (method, params) = match command {
-                RpcCommand::Status => ("status".to_string(), json!({})),
-                RpcCommand::AnaSet { port, group, state } => {
-                    ("ana_set".to_string(), json!({ "port": port, "group": group, "state": state }))
-                }
-                RpcCommand::Call { method, params } => {
-                    let p = match params {
-                        Some(text) => serde_json::from_str(&text).context("params: expected JSON")?,
-                        None => json!({}),
-                    };
-                    (method, p)
-                }
+        Command::Rpc { socket, method, params } => {
+            let method = match method.as_str() {
+                "status" => "tandem_get_status".to_string(),
+                "ana-set" => "tandem_set_ana_state".to_string(),
+                _ => method,
             };
+            let params = rpc_params(&params)?;
             let result = rpc::call(&socket, &method, params)?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The params of `tandem rpc`: `-p JSON` (or `--params JSON`), or
+/// `--name value` pairs; a name's hyphens become underscores, a value that
+/// parses as JSON is JSON (numbers, true, objects...), others are strings,
+/// and a name with no value is `true`.
+fn rpc_params(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let mut params = serde_json::Map::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg == "-p" || arg == "--params" {
+            let text = args.get(i + 1).with_context(|| format!("{arg}: expected a JSON object after it"))?;
+            let v: serde_json::Value =
+                serde_json::from_str(text).with_context(|| format!("{arg}: expected a JSON object"))?;
+            let serde_json::Value::Object(obj) = v else { anyhow::bail!("{arg}: expected a JSON object") };
+            params.extend(obj);
+            i += 2;
+            continue;
+        }
+        let Some(name) = arg.strip_prefix("--").filter(|n| !n.is_empty()) else {
+            anyhow::bail!("{arg:?}: expected --name value or -p JSON");
+        };
+        let (name, value) = match name.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => match args.get(i + 1) {
+                Some(v) if !v.starts_with("--") => {
+                    i += 1;
+                    (name, Some(v.clone()))
+                }
+                _ => (name, None),
+            },
+        };
+        let value = match value {
+            None => json!(true),
+            Some(text) => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        };
+        params.insert(name.replace('-', "_"), value);
+        i += 1;
+    }
+    Ok(if params.is_empty() { serde_json::Value::Null } else { serde_json::Value::Object(params) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn rpc_params_take_pairs_json_and_flags() {
+        let p =
+            rpc_params(&args(&["--port", "1", "--group", "2", "--state", "non_optimized"])).expect("pairs");
+        assert_eq!(p, json!({"port": 1, "group": 2, "state": "non_optimized"}));
+        let p = rpc_params(&args(&["--listen-address", r#"{"traddr":"127.0.0.1"}"#, "--nqn=nqn.x"]))
+            .expect("json value");
+        assert_eq!(p, json!({"listen_address": {"traddr": "127.0.0.1"}, "nqn": "nqn.x"}));
+        let p = rpc_params(&args(&["-p", r#"{"nsid":1}"#, "--verbose"])).expect("-p and a flag");
+        assert_eq!(p, json!({"nsid": 1, "verbose": true}));
+        assert_eq!(rpc_params(&[]).expect("none"), serde_json::Value::Null);
+        assert!(rpc_params(&args(&["-p", "[1]"])).is_err(), "positional params are refused");
+        assert!(rpc_params(&args(&["stray"])).is_err());
     }
 }

@@ -16,12 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tandem_env::reactor::{
     self, PollMode as ReactorPollMode, PollStatus, ReactorApp, ReactorConfig, ReactorContext,
 };
 use tandem_env::{BufferPool, ReactorHandle};
-use tandem_nvmf::spec::log::AnaState;
 use tracing::{info, warn};
 
 use crate::backend::{Backend, FaultBackend, FaultControl, FileBackend, RamBackend};
@@ -29,7 +28,8 @@ use crate::config::{BackendKind, Config, NamespaceConfig, PollMode, StagingConfi
 use crate::ctrl::{NamespaceGeometry, TargetState};
 use crate::ha::layout::{MediumKind, CONTROL_OFFSET};
 use crate::ha::{Binding, DrainWait, FlusherConfig, MediumIdentity, RingConfig, StagingLog};
-use crate::rpc::{self, RpcHandler, RpcServer};
+use crate::nvmf_rpc;
+use crate::rpc::{self, RpcFault, RpcHandler, RpcServer};
 use crate::transport::media::{NsMedia, Staged, StagingStatus};
 use crate::transport::tcp::{PollGroup, TransportLimits};
 use tandem_env::persist::PersistentRegion;
@@ -256,46 +256,71 @@ struct NodeRpc {
     staging: Vec<(String, u32, std::path::PathBuf, Arc<StagingStatus>)>,
 }
 
-fn parse_ana_state(s: &str) -> Result<AnaState, String> {
-    match s {
-        "optimized" => Ok(AnaState::Optimized),
-        "non-optimized" => Ok(AnaState::NonOptimized),
-        "inaccessible" => Ok(AnaState::Inaccessible),
-        "persistent-loss" => Ok(AnaState::PersistentLoss),
-        "change" => Ok(AnaState::Change),
-        other => Err(format!(
-            "params.state: {other:?} is not one of optimized, non-optimized, inaccessible, persistent-loss, change"
-        )),
-    }
-}
+/// The methods `NodeRpc` answers: SPDK's names where one maps, `tandem_`
+/// for Tandem's own.
+const NODE_METHODS: &[&str] = &[
+    "nvmf_get_subsystems",
+    "nvmf_subsystem_get_listeners",
+    "nvmf_subsystem_get_controllers",
+    "nvmf_subsystem_listener_set_ana_state",
+    "tandem_get_version",
+    "tandem_get_status",
+    "tandem_set_ana_state",
+    "tandem_fault_inject",
+];
 
 impl RpcHandler for NodeRpc {
-    fn handle(&self, method: &str, params: &Value) -> Result<Value, String> {
+    fn methods(&self) -> Vec<&'static str> {
+        NODE_METHODS.to_vec()
+    }
+
+    fn handle(&self, method: &str, params: &Map<String, Value>) -> Result<Value, RpcFault> {
         match method {
-            "ana_set" => {
+            "nvmf_get_subsystems" => nvmf_rpc::get_subsystems(&self.target, &self.config, params),
+            "nvmf_subsystem_get_listeners" => nvmf_rpc::get_listeners(&self.target, params),
+            "nvmf_subsystem_get_controllers" => nvmf_rpc::get_controllers(&self.target, params),
+            "nvmf_subsystem_listener_set_ana_state" => nvmf_rpc::listener_set_ana_state(&self.target, params),
+            "tandem_get_version" => {
+                rpc::check_params(params, &[])?;
+                let v = env!("CARGO_PKG_VERSION");
+                let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+                let (major, minor, patch) =
+                    (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+                Ok(json!({
+                    "version": format!("Tandem v{v}"),
+                    "fields": { "major": major, "minor": minor, "patch": patch, "suffix": "" },
+                }))
+            }
+            // The whole ANA state of a group through one port (or every
+            // port), for every subsystem with a namespace in the group.
+            "tandem_set_ana_state" => {
+                rpc::check_params(params, &["port", "group", "state"])?;
                 let group = rpc::param_u64(params, "group")?;
-                let group = u32::try_from(group).map_err(|_| "params.group: out of range".to_string())?;
-                let state = parse_ana_state(rpc::param_str(params, "state")?)?;
-                let port = match params.get("port") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => Some(
-                        v.as_u64()
-                            .and_then(|p| u16::try_from(p).ok())
-                            .ok_or_else(|| "params.port: expected a port id".to_string())?,
+                let group = u32::try_from(group)
+                    .map_err(|_| RpcFault::invalid_params("params.group: out of range"))?;
+                let state = nvmf_rpc::parse_ana_state(rpc::param_str(params, "state")?, "state")?;
+                let port = match rpc::param_u64_opt(params, "port")? {
+                    None => None,
+                    Some(p) => Some(
+                        u16::try_from(p)
+                            .map_err(|_| RpcFault::invalid_params("params.port: expected a port id"))?,
                     ),
                 };
                 if let Some(p) = port {
                     if self.target.port(p).is_none() {
-                        return Err(format!("params.port: no local port {p}"));
+                        return Err(RpcFault::invalid_params(format!("params.port: no local port {p}")));
                     }
                 }
                 if !self.target.set_ana_state(port, group, state) {
-                    return Err(format!("params.group: no ANA group {group} on this node"));
+                    return Err(RpcFault::invalid_params(format!(
+                        "params.group: no ANA group {group} on this node"
+                    )));
                 }
                 info!(?port, group, ?state, "ANA state changed by rpc");
-                Ok(json!({ "port": port, "group": group, "state": rpc::param_str(params, "state")? }))
+                Ok(json!({ "port": port, "group": group, "state": nvmf_rpc::ana_state_name(state) }))
             }
-            "status" => {
+            "tandem_get_status" => {
+                rpc::check_params(params, &[])?;
                 let ports: Vec<Value> = self
                     .target
                     .ports()
@@ -309,7 +334,7 @@ impl RpcHandler for NodeRpc {
                                     .flat_map(|s| &s.namespaces)
                                     .any(|n| n.ana_group == *g)
                             })
-                            .map(|g| json!({ "group": g, "state": format!("{:?}", p.ana_state(g)) }))
+                            .map(|g| json!({ "group": g, "state": nvmf_rpc::ana_state_name(p.ana_state(g)) }))
                             .collect();
                         json!({ "id": p.id, "addr": p.addr.to_string(), "ana": groups })
                     })
@@ -348,18 +373,19 @@ impl RpcHandler for NodeRpc {
                     "staging": staging,
                 }))
             }
-            "fault" => {
+            "tandem_fault_inject" => {
+                rpc::check_params(params, &["nsid", "subnqn", "action", "count", "slba", "nlb"])?;
                 let nsid = rpc::param_u64(params, "nsid")?;
-                let subnqn = params.get("subnqn").and_then(Value::as_str);
+                let subnqn = rpc::param_str_opt(params, "subnqn")?;
                 let control = self
                     .faults
                     .iter()
                     .find(|(nqn, id, _)| u64::from(*id) == nsid && subnqn.is_none_or(|s| s == nqn))
                     .map(|(_, _, c)| c)
                     .ok_or_else(|| {
-                        format!(
+                        RpcFault::invalid_params(format!(
                             "params.nsid: namespace {nsid} has no fault injector (fault_injection = true)"
-                        )
+                        ))
                     })?;
                 match rpc::param_str(params, "action")? {
                     "fail_writes_after" => control.fail_writes_after(rpc::param_u64(params, "count")?),
@@ -369,15 +395,15 @@ impl RpcHandler for NodeRpc {
                     "fail_reads" => control.fail_reads(true),
                     "heal" => control.heal(),
                     other => {
-                        return Err(format!(
+                        return Err(RpcFault::invalid_params(format!(
                             "params.action: {other:?} is not fail_writes_after, fail_writes_in, \
                              fail_flush, fail_reads or heal"
-                        ))
+                        )))
                     }
                 }
                 Ok(json!({ "nsid": nsid, "injected": control.injected() }))
             }
-            other => Err(format!("method: unknown method {other:?} (known: ana_set, status, fault)")),
+            other => Err(rpc::method_not_found(other, NODE_METHODS)),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! inaccessible through port 2: I/O via port 2 completes with ANA
 //! Inaccessible (SCT 3h, SC 02h); an Asynchronous Event Request parked on
 //! port 1's admin queue completes with the ANA change notice (type 2h notice,
-//! info 03h, log page 0Ch) when `tandem rpc ana-set` changes port 1's state;
-//! the ANA log (0Ch) then shows the new states on both ports; and I/O via
-//! port 2 succeeds once port 2 is optimized.
+//! info 03h, log page 0Ch) when SPDK's RPC
+//! `nvmf_subsystem_listener_set_ana_state` changes port 1's state (port 2
+//! changes through the `tandem rpc ana-set` shorthand); the ANA log (0Ch)
+//! then shows the new states on both ports; and I/O via port 2 succeeds
+//! once port 2 is optimized.
 
 use std::time::Duration;
 
@@ -39,12 +41,36 @@ fn ana_log(c: &mut RawConn) -> (u64, Vec<(u32, u8, Vec<u32>)>) {
     (chgcnt, groups)
 }
 
+/// `tandem rpc ana-set` (the shorthand the guest suite uses).
 fn rpc_ana_set(socket: &str, port: u16, state: &str) {
     let port = port.to_string();
     let (code, out, err) = run_tandem(&[
         "rpc", "--socket", socket, "ana-set", "--port", &port, "--group", "1", "--state", state,
     ]);
     assert_eq!(code, 0, "tandem rpc ana-set: {out}{err}");
+}
+
+/// SPDK's `nvmf_subsystem_listener_set_ana_state`, as SPDK's rpc.py sends it.
+fn rpc_listener_set_ana_state(socket: &str, addr: std::net::SocketAddr, state: &str) {
+    let params = serde_json::json!({
+        "nqn": TEST_SUBNQN,
+        "listen_address": {
+            "trtype": "tcp", "adrfam": "ipv4",
+            "traddr": addr.ip().to_string(), "trsvcid": addr.port().to_string(),
+        },
+        "ana_state": state,
+        "anagrpid": 1,
+    });
+    let (code, out, err) = run_tandem(&[
+        "rpc",
+        "-s",
+        socket,
+        "nvmf_subsystem_listener_set_ana_state",
+        "-p",
+        &params.to_string(),
+    ]);
+    assert_eq!(code, 0, "tandem rpc nvmf_subsystem_listener_set_ana_state: {out}{err}");
+    assert_eq!(out.trim(), "true", "SPDK's answer to a state change");
 }
 
 #[test]
@@ -88,7 +114,7 @@ fn ana_states_events_and_log() {
     }
 
     // Flip: port 1 inaccessible, then port 2 optimized.
-    rpc_ana_set(&socket, 1, "inaccessible");
+    rpc_listener_set_ana_state(&socket, p1.addr, "inaccessible");
     let cqe = match a1.recv(Duration::from_secs(10)) {
         Incoming::Pdu { header: PduHeader::CapsuleResp { cqe }, .. } => cqe,
         other => panic!("expected the AER's completion; got {other:?}; log:\n{}", node.log()),

@@ -1,4 +1,4 @@
-//! `tandem rpc status` shows what a staged namespace's log holds: records
+//! `tandem rpc status` (`tandem_get_status`) shows what a staged namespace's log holds: records
 //! pile up while the medium fails, the failures are counted, and the ring
 //! empties once the medium heals.
 
@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use staging_support::{Domain, NsSpec, StagedNode};
 
 fn staging_entry(node: &StagedNode) -> Value {
-    let status = node.rpc("status", json!({}));
+    let status = node.rpc("tandem_get_status", json!({}));
     let list = status["staging"].as_array().cloned().unwrap_or_default();
     assert_eq!(list.len(), 1, "one staged namespace: {status}");
     list[0].clone()

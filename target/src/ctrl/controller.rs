@@ -285,6 +285,11 @@ impl Controller {
         Ok(())
     }
 
+    /// How many I/O queues are connected (the control socket shows it).
+    pub fn io_queues_connected(&self) -> usize {
+        lock(&self.state).io_queues.iter().filter(|&&q| q).count()
+    }
+
     pub(super) fn release_queue(&self, qid: u16) {
         let mut s = lock(&self.state);
         if let Some(slot) = s.io_queues.get_mut(usize::from(qid).wrapping_sub(1)) {

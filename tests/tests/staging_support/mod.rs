@@ -152,7 +152,7 @@ impl StagedNode {
     /// socket file left by a killed process does not count).
     fn wait_rpc(&self) {
         wait_until(Duration::from_secs(30), "the control socket", || {
-            tandem_target::rpc::call(&self.rpc_socket, "status", json!({})).is_ok()
+            tandem_target::rpc::call(&self.rpc_socket, "tandem_get_status", json!({})).is_ok()
         });
     }
 
@@ -175,7 +175,7 @@ impl StagedNode {
             .unwrap_or_else(|e| panic!("rpc {method}: {e}; log:\n{}", self.node.log()))
     }
 
-    /// `fault` with `action` on namespace `nsid` (extra params merged in).
+    /// `tandem_fault_inject` with `action` on namespace `nsid` (extra params merged in).
     pub fn fault(&self, nsid: u32, action: &str, extra: Value) -> Value {
         let mut params = json!({ "nsid": nsid, "action": action });
         if let (Some(p), Some(e)) = (params.as_object_mut(), extra.as_object()) {
@@ -183,7 +183,7 @@ impl StagedNode {
                 p.insert(k.clone(), v.clone());
             }
         }
-        self.rpc("fault", params)
+        self.rpc("tandem_fault_inject", params)
     }
 
     /// Makes every medium write of `nsid` fail from now on.

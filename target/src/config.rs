@@ -112,6 +112,8 @@ pub struct NodeConfig {
     pub data_dir: Option<PathBuf>,
     /// The control socket `tandem rpc` talks to; none if not configured.
     pub rpc_socket: Option<PathBuf>,
+    /// Where `GET /metrics` (Prometheus) is served; none if not configured.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -225,6 +227,7 @@ poll = "adaptive"               # "adaptive" (spin, then sleep when idle) or "bu
 data_dir = "tandem-data/a"      # optional: created at start; relative namespace paths live here
                                 #   (a relative data_dir is relative to the working directory)
 # rpc_socket = "/run/tandem-a.sock" # optional: control socket for `tandem rpc` (JSON-RPC 2.0)
+# metrics = "127.0.0.1:9420"    # optional: serve Prometheus metrics at http://ADDR/metrics
 
 [[ports]]
 id = 1                          # NVMe-oF port id (PORTID in discovery), unique across the pair
@@ -320,6 +323,7 @@ struct RawNode {
     poll: PollMode,
     data_dir: Option<PathBuf>,
     rpc_socket: Option<PathBuf>,
+    metrics: Option<String>,
 }
 
 fn default_poll() -> PollMode {
@@ -517,6 +521,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if let Some(p) = &n.rpc_socket {
         check_path(p, "node.rpc_socket")?;
     }
+    let metrics = match &n.metrics {
+        None => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            field_error(
+                "node.metrics",
+                format!("expected an IP address and port like \"127.0.0.1:9420\", got {text:?}"),
+            )
+        })?),
+    };
     let node = NodeConfig {
         name: n.name,
         cntlid_min: n.cntlid_min as u16,
@@ -525,6 +538,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         poll: n.poll,
         data_dir: n.data_dir,
         rpc_socket: n.rpc_socket,
+        metrics,
     };
 
     let l = raw.limits;
@@ -970,6 +984,19 @@ mod tests {
     fn example_with(from: &str, to: &str) -> String {
         assert!(EXAMPLE.contains(from), "{from}");
         EXAMPLE.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn metrics_address_is_optional_and_checked() {
+        assert_eq!(Config::parse(EXAMPLE).map(|c| c.node.metrics).ok(), Some(None), "off by default");
+        let on = example_with("# metrics = \"127.0.0.1:9420\"", "metrics = \"127.0.0.1:9420\"");
+        let c = Config::parse(&on).expect("metrics address");
+        assert_eq!(c.node.metrics, Some("127.0.0.1:9420".parse().expect("addr")));
+        let bad = example_with("# metrics = \"127.0.0.1:9420\"", "metrics = \"localhost\"");
+        assert_eq!(
+            err_text(&bad),
+            "node.metrics: expected an IP address and port like \"127.0.0.1:9420\", got \"localhost\""
+        );
     }
 
     const SECOND_NS: &str = "\n[[subsystems.namespaces]]\nnsid = 2\nana_group = 2\nbackend = \"ram\"\n\

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctrl;
 pub mod demo;
 pub mod ha;
+pub mod metrics;
 pub mod nvmf_rpc;
 pub mod rpc;
 pub mod serve;

@@ -28,6 +28,7 @@ use crate::config::{BackendKind, Config, NamespaceConfig, PollMode, StagingConfi
 use crate::ctrl::{NamespaceGeometry, TargetState};
 use crate::ha::layout::{MediumKind, CONTROL_OFFSET};
 use crate::ha::{Binding, DrainWait, FlusherConfig, MediumIdentity, RingConfig, StagingLog};
+use crate::metrics::{GroupMetrics, MetricsServer, NodeCollector, StagingSource};
 use crate::nvmf_rpc;
 use crate::rpc::{self, RpcFault, RpcHandler, RpcServer};
 use crate::transport::media::{NsMedia, Staged, StagingStatus};
@@ -676,6 +677,29 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
         }
         per_reactor.push(backends);
     }
+    // One metrics block per reactor (each is written by its reactor only).
+    let group_metrics: Vec<Arc<GroupMetrics>> = match config.node.metrics {
+        Some(_) => (0..reactors).map(|_| Arc::new(GroupMetrics::new(&target))).collect(),
+        None => Vec::new(),
+    };
+    let _metrics = match config.node.metrics {
+        Some(addr) => {
+            let sources = staging_status
+                .iter()
+                .map(|(nqn, nsid, _, status)| StagingSource {
+                    subnqn: nqn.clone(),
+                    nsid: *nsid,
+                    status: status.clone(),
+                })
+                .collect();
+            let collector = NodeCollector::new(target.clone(), group_metrics.clone(), sources);
+            Some(
+                MetricsServer::start(addr, collector.into_registry(&config.node.name))
+                    .with_context(|| format!("node.metrics: cannot listen on {addr}"))?,
+            )
+        }
+        None => None,
+    };
     // The control socket answers before the ports open, so a caller that
     // sees a port accept can use it at once.
     let _rpc = match &config.node.rpc_socket {
@@ -707,8 +731,11 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
         let backends = per_reactor.pop().ok_or_else(|| anyhow!("reactor {i}: no media"))?;
         let pool = BufferPool::new(&format!("reactor{i}"), chunk_bytes, queue_depth_max * 16)
             .map_err(|e| anyhow!("buffer pool: {e}"))?;
-        let group =
+        let mut group =
             PollGroup::new(target.clone(), transport_limits, backends, pool, CONNECTIONS_PER_REACTOR_MAX);
+        if let Some(m) = group_metrics.get(i) {
+            group.set_metrics(m.clone());
+        }
         let my_listeners = if i == 0 { std::mem::take(&mut listeners) } else { Vec::new() };
         let peers = if i == 0 { handles.clone() } else { Vec::new() };
         let cfg = ReactorConfig {

@@ -54,6 +54,11 @@ pub struct StagingStatus {
     pub released_seq: AtomicU64,
     /// Medium writes or flushes that failed (records stayed staged, retried).
     pub medium_failures: AtomicU64,
+    /// Records and bytes the flusher wrote durably to the medium (metrics).
+    pub flushed_records: AtomicU64,
+    pub flushed_bytes: AtomicU64,
+    /// Reservations refused for lack of ring space (metrics).
+    pub ring_full: AtomicU64,
 }
 
 /// Staging state of one namespace on the reactor that owns its log.
@@ -99,6 +104,9 @@ impl Staged {
         s.free_bytes.store(stats.free_bytes, Ordering::Relaxed);
         s.records_committed.store(stats.records_committed, Ordering::Relaxed);
         s.released_seq.store(self.log.released_seq(), Ordering::Relaxed);
+        s.flushed_records.store(stats.flusher.records_durable, Ordering::Relaxed);
+        s.flushed_bytes.store(stats.flusher.bytes_durable, Ordering::Relaxed);
+        s.ring_full.store(stats.ring_full, Ordering::Relaxed);
     }
 
     /// Registers a reserved write; call in reservation (sequence) order.

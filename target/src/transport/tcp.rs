@@ -38,6 +38,7 @@ use super::sockbuf::RecvBuffer;
 use crate::backend::{Backend, BackendCompletion, BackendOp};
 use crate::ctrl::{AdminOutcome, Controller, DataLocation, IoCommand, IoKind, TargetState};
 use crate::ha::{Reservation, ReserveError};
+use crate::metrics::{GroupMetrics, IoOp};
 use tandem_nvmf::spec::nvm::{DsmRange, DSM_RANGE_BYTES};
 
 /// Transport limits, from the config's `[limits]`.
@@ -110,6 +111,10 @@ struct Request {
     /// Write Zeroes / Deallocate on a staged namespace: the medium already
     /// holds everything staged before it.
     barrier_passed: bool,
+    /// When its capsule arrived, if metrics are on (for the latency histogram).
+    started: Option<Instant>,
+    /// The status its response carried was success (for the metrics).
+    succeeded: bool,
 }
 
 impl Request {
@@ -127,6 +132,8 @@ impl Request {
             read_snapshot: None,
             staged_seq: None,
             barrier_passed: false,
+            started: None,
+            succeeded: false,
         }
     }
 }
@@ -203,6 +210,12 @@ pub struct TransportStats {
     pub read_retries: u64,
     /// Writes that found the staging ring full and waited (back-pressure).
     pub ring_full_waits: u64,
+    /// C2HTermReqs sent, by FES (index 7 counts FES values above 6).
+    pub term_reqs_by_fes: [u64; 8],
+    pub data_digest_errors: u64,
+    /// H2CTermReqs received.
+    pub host_term_reqs: u64,
+    pub connects_refused: u64,
 }
 
 /// One reactor's share of the transport.
@@ -223,6 +236,8 @@ pub struct PollGroup {
     backend_waiters: VecDeque<(u16, u16, u16)>,
     freed: Vec<u16>,
     pub stats: TransportStats,
+    /// Where completions are counted, when `[node] metrics` is set.
+    metrics: Option<Arc<GroupMetrics>>,
 }
 
 /// Backend tags: connection slot, its generation, request index.
@@ -281,7 +296,14 @@ impl PollGroup {
             backend_waiters: VecDeque::with_capacity(1024),
             freed: Vec::with_capacity(256),
             stats: TransportStats::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts this group's completions and errors into `metrics`, which no
+    /// other poll group may write (see `crate::metrics`).
+    pub fn set_metrics(&mut self, metrics: Arc<GroupMetrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// Sockets whose need to be watched for writability changed since the
@@ -440,6 +462,9 @@ impl PollGroup {
 
     /// Periodic work: keep-alive expiry (asynchronous events go out from `poll`).
     pub fn tick(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.publish_transport(&self.stats);
+        }
         let now = now_ms();
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_mut() else { continue };
@@ -788,6 +813,7 @@ impl PollGroup {
         let res = conn.sendq.flush(&mut conn.stream, &conn.reqs, &mut self.freed);
         for i in 0..self.freed.len() {
             let r = self.freed[i];
+            count_completion(self.metrics.as_deref(), conn, r);
             free_request(conn, r);
         }
         match res {
@@ -900,6 +926,7 @@ impl PollGroup {
                         // record is cancelled (never replayed nor flushed),
                         // a direct write's buffer is dropped.
                         warn!(peer = %conn.peer, received, computed, "data digest error");
+                        stats.data_digest_errors += 1;
                         conn.sink = DataSink::Nothing;
                         if let Some(req) = conn.capsule_req.take() {
                             let r = &mut conn.reqs.0[req as usize];
@@ -947,10 +974,13 @@ impl PollGroup {
         let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
         match header {
             PduHeader::IcReq(ic) => self.on_icreq(slot, ic),
-            PduHeader::H2CTermReq(t) => Err(Close::Gone(format!(
-                "host terminated the connection (FES {:#x}, FEI {:#x})",
-                t.fes, t.fei
-            ))),
+            PduHeader::H2CTermReq(t) => {
+                self.stats.host_term_reqs += 1;
+                Err(Close::Gone(format!(
+                    "host terminated the connection (FES {:#x}, FEI {:#x})",
+                    t.fes, t.fei
+                )))
+            }
             PduHeader::CapsuleCmd { sqe } => self.on_capsule(slot, sqe, data_len),
             PduHeader::H2CData(h) => {
                 let idx = h.ttag;
@@ -1063,6 +1093,7 @@ impl PollGroup {
         debug_assert_eq!(req.state, ReqState::Free);
         *req = Request::new();
         req.sqe = sqe;
+        req.started = self.metrics.is_some().then(Instant::now);
         req.state = ReqState::ReceivingCapsuleData;
 
         if data_len > 0 {
@@ -1208,6 +1239,7 @@ impl PollGroup {
                     }
                     Err(cqe) => {
                         info!(peer = %conn.peer, status = %cqe.status(), "connect refused");
+                        self.stats.connects_refused += 1;
                         respond_cqe(conn, idx, cqe);
                     }
                 }
@@ -1525,6 +1557,7 @@ impl PollGroup {
                 let (fes, fei) = (term.fes, term.fei);
                 warn!(peer = %conn.peer, fes, fei, %reason, "protocol error: C2HTermReq, closing");
                 self.stats.term_reqs_sent += 1;
+                self.stats.term_reqs_by_fes[usize::from(fes).min(7)] += 1;
                 let mut freed = Vec::new();
                 conn.sendq.clear(&mut freed);
                 let offending: Vec<u8> = conn.rx.raw_header().iter().copied().take(128).collect();
@@ -1612,6 +1645,7 @@ fn respond(conn: &mut Connection, idx: u16, status: NvmeStatus, dw0: u32, data_t
     let req = &mut conn.reqs.0[idx as usize];
     let cid = req.sqe.cid();
     req.state = ReqState::Responding;
+    req.succeeded = status.is_success();
     if data_to_host > 0 {
         let bytes: &[u8] = req.buf.as_deref().map(|b| &b[..data_to_host]).unwrap_or(&[]);
         let h = PduHeader::C2HData(C2HData {
@@ -1665,6 +1699,18 @@ fn free_request(conn: &mut Connection, idx: u16) {
     req.buf = None;
     req.io = None;
     conn.free_reqs.push(idx);
+}
+
+/// Counts a read or write whose response has been sent into the metrics.
+fn count_completion(metrics: Option<&GroupMetrics>, conn: &Connection, idx: u16) {
+    let req = &conn.reqs.0[idx as usize];
+    let (Some(m), Some(io), Some(t)) = (metrics, req.io, req.started) else { return };
+    let op = match io.kind {
+        IoKind::Read => IoOp::Read,
+        IoKind::Write => IoOp::Write,
+        _ => return,
+    };
+    m.record_io(conn.subsystem_index, io.ns_index, op, req.succeeded, u64::from(io.data_bytes), t.elapsed());
 }
 
 /// Milliseconds on a monotonic clock, the time base of keep-alive.

@@ -93,7 +93,7 @@ fn verify_all(addr: &str) {
 }
 
 fn staged_records(socket: &Path) -> u64 {
-    let status = tandem_target::rpc::call(socket, "status", json!({})).expect("status rpc");
+    let status = tandem_target::rpc::call(socket, "tandem_get_status", json!({})).expect("status rpc");
     status["staging"][0]["staged_records"].as_u64().unwrap_or_else(|| panic!("no staged_records in {status}"))
 }
 
@@ -200,10 +200,14 @@ fn the_default_ring_dir_is_per_data_directory() {
         &[a_addr],
     );
     wait_until(Duration::from_secs(30), "A's control socket", || {
-        tandem_target::rpc::call(&a_rpc, "status", json!({})).is_ok()
+        tandem_target::rpc::call(&a_rpc, "tandem_get_status", json!({})).is_ok()
     });
-    tandem_target::rpc::call(&a_rpc, "fault", json!({"nsid": 1, "action": "fail_writes_after", "count": 0}))
-        .expect("fault rpc");
+    tandem_target::rpc::call(
+        &a_rpc,
+        "tandem_fault_inject",
+        json!({"nsid": 1, "action": "fail_writes_after", "count": 0}),
+    )
+    .expect("fault rpc");
     write_all(&a_addr.to_string());
     assert_eq!(staged_records(&a_rpc), WRITES);
     a.kill9();
@@ -234,7 +238,7 @@ fn the_default_ring_dir_is_per_data_directory() {
     let a_ring_before = fs::read(&a_ring_file).expect("A's ring");
     let mut b = NodeProcess::start_in(&b_dir.path, "b", &b_config, &[b_addr]);
     wait_until(Duration::from_secs(30), "B's control socket", || {
-        tandem_target::rpc::call(&b_rpc, "status", json!({})).is_ok()
+        tandem_target::rpc::call(&b_rpc, "tandem_get_status", json!({})).is_ok()
     });
     assert_eq!(staged_records(&b_rpc), 0, "B sees none of A's staged writes");
     assert_eq!(rings.list().len(), 2, "two data directories, two ring directories: {:?}", rings.list());
@@ -243,7 +247,7 @@ fn the_default_ring_dir_is_per_data_directory() {
 
     a.restart();
     wait_until(Duration::from_secs(30), "A's control socket", || {
-        tandem_target::rpc::call(&a_rpc, "status", json!({})).is_ok()
+        tandem_target::rpc::call(&a_rpc, "tandem_get_status", json!({})).is_ok()
     });
     let replayed: u64 = staging_support::recoveries(&a.log()).iter().map(|r| r.replayed_records).sum();
     assert_eq!(replayed, WRITES, "A's log:\n{}", a.log());

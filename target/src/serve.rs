@@ -27,9 +27,12 @@ use crate::backend::{Backend, FaultBackend, FaultControl, FileBackend, RamBacken
 use crate::config::{BackendKind, Config, NamespaceConfig, PollMode, StagingConfig, StagingDomain};
 use crate::ctrl::{NamespaceGeometry, TargetState};
 use crate::ha::layout::{MediumKind, CONTROL_OFFSET};
-use crate::ha::{Binding, DrainWait, FlusherConfig, MediumIdentity, RingConfig, StagingLog};
+use crate::ha::{
+    Binding, DrainProgress, DrainWait, FlusherConfig, MediumIdentity, RingConfig, ScanReport, StagingLog,
+};
 use crate::metrics::{GroupMetrics, MetricsServer, NodeCollector, StagingSource};
 use crate::nvmf_rpc;
+use crate::progress::Progress;
 use crate::rpc::{self, RpcFault, RpcHandler, RpcServer};
 use crate::transport::media::{NsMedia, Staged, StagingStatus};
 use crate::transport::tcp::{PollGroup, TransportLimits};
@@ -508,10 +511,26 @@ fn open_staging(
         deadline_ms: 120_000,
     };
     let binding = Binding { medium, adopt_foreign: adopt_staging };
-    let (log, report) = StagingLog::recover(region, 0, &binding, flusher, backend, wait, &mut foreign)
-        .map_err(|e| {
-            anyhow!("staging ring {}: recovery failed: {e}; the node does not start", path.display())
-        })?;
+    let mut progress: Option<Progress> = None;
+    let mut last = DrainProgress { records_total: 0, records_done: 0, bytes_done: 0 };
+    let mut observe = |scan: &ScanReport, p: DrainProgress| {
+        last = p;
+        if p.records_total > 0 {
+            progress
+                .get_or_insert_with(|| {
+                    Progress::new("replaying staged writes", ns.nsid, p.records_total, scan.data_bytes_found)
+                })
+                .update(p.records_done, p.bytes_done);
+        }
+    };
+    let recovered =
+        StagingLog::recover_observed(region, 0, &binding, flusher, backend, wait, &mut foreign, &mut observe);
+    if let Some(progress) = progress.as_mut() {
+        progress.finish(last.records_done, last.bytes_done);
+    }
+    let (log, report) = recovered.map_err(|e| {
+        anyhow!("staging ring {}: recovery failed: {e}; the node does not start", path.display())
+    })?;
     info!(
         nsid = ns.nsid,
         ring = %path.display(),

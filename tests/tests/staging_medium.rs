@@ -9,7 +9,8 @@
 //!   fresh image in another directory, sharing A's ring directory, refuses to
 //!   start: it names both media, exits non-zero, and leaves the ring byte for
 //!   byte as it was and its own image untouched. A, restarted, replays all 300
-//!   writes into its own image, and a host reads every one back.
+//!   writes into its own image (showing progress as it goes), and a host
+//!   reads every one back.
 //! - `the_default_ring_dir_is_per_data_directory`: the example's layout (a
 //!   relative `data_dir`, no `staging.dir`) run from two working directories
 //!   gives two ring directories: B starts with its own empty ring while A's
@@ -135,6 +136,11 @@ fn a_ring_is_replayed_only_into_its_own_medium() {
     a.restart();
     let replayed: u64 = a.recoveries().iter().map(|r| r.replayed_records).sum();
     assert_eq!(replayed, WRITES, "A's restart replays every staged write; log:\n{}", a.node.log());
+    // Long work shows progress: the replay is announced, and its end logged with the counts.
+    let log = staging_support::strip_ansi(&a.node.log());
+    let progress = format!("ns 1: replaying staged writes: {WRITES}/{WRITES} records (100%)");
+    assert!(log.contains("ns 1: replaying staged writes: 0/"), "no progress at the start:\n{log}");
+    assert!(log.contains(&progress), "no final progress line:\n{log}");
     verify_all(&a.addr.to_string());
     for lba in [0, WRITES / 2, WRITES - 1] {
         assert_eq!(a.read_medium(1, lba, 1), pattern(lba, 1, 1), "LBA {lba} on A's own medium");

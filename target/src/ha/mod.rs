@@ -87,6 +87,15 @@ pub struct RecoveryReport {
     pub released_seq: u64,
 }
 
+/// How far a drain got: records released (and their data bytes made durable
+/// on the medium) since it started, of the records it set out to release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainProgress {
+    pub records_total: u64,
+    pub records_done: u64,
+    pub bytes_done: u64,
+}
+
 /// How `drain_all` waits: the clock, what to do when idle, and the deadline.
 /// Tests pass a counter clock and a no-op; the binary the monotonic clock and
 /// a short sleep (or an epoll on the backend's wake fd).
@@ -143,9 +152,35 @@ impl<R: PersistentRegion> StagingLog<R> {
         wait: DrainWait<C, W>,
         foreign: &mut Vec<BackendCompletion>,
     ) -> Result<(Self, RecoveryReport), StagingError> {
+        let mut quiet = |_: &ScanReport, _: DrainProgress| {};
+        StagingLog::recover_observed(
+            region,
+            epoch_at_least,
+            binding,
+            flusher_config,
+            backend,
+            wait,
+            foreign,
+            &mut quiet,
+        )
+    }
+
+    /// `recover`, calling `observe` with the scan's findings and the replay's
+    /// progress once per drain pass (for a progress line).
+    #[allow(clippy::too_many_arguments)]
+    pub fn recover_observed<B: Backend, C: FnMut() -> u64, W: FnMut()>(
+        region: R,
+        epoch_at_least: u64,
+        binding: &Binding,
+        flusher_config: FlusherConfig,
+        backend: &mut B,
+        wait: DrainWait<C, W>,
+        foreign: &mut Vec<BackendCompletion>,
+        observe: &mut dyn FnMut(&ScanReport, DrainProgress),
+    ) -> Result<(Self, RecoveryReport), StagingError> {
         let (mut log, scan) = StagingLog::open(region, epoch_at_least, binding, flusher_config)?;
         let before = log.flusher.stats();
-        log.drain_all(backend, wait, foreign)?;
+        log.drain_all_observed(backend, wait, foreign, &mut |p| observe(&scan, p))?;
         let after = log.flusher.stats();
         let report = RecoveryReport {
             scan,
@@ -337,12 +372,31 @@ impl<R: PersistentRegion> StagingLog<R> {
     pub fn drain_all<B: Backend, C: FnMut() -> u64, W: FnMut()>(
         &mut self,
         backend: &mut B,
-        mut wait: DrainWait<C, W>,
+        wait: DrainWait<C, W>,
         foreign: &mut Vec<BackendCompletion>,
     ) -> Result<u64, StagingError> {
+        self.drain_all_observed(backend, wait, foreign, &mut |_| {})
+    }
+
+    /// `drain_all`, calling `observe` once per pass with how far it got
+    /// (the caller shows progress; it rate-limits itself).
+    pub fn drain_all_observed<B: Backend, C: FnMut() -> u64, W: FnMut()>(
+        &mut self,
+        backend: &mut B,
+        mut wait: DrainWait<C, W>,
+        foreign: &mut Vec<BackendCompletion>,
+        observe: &mut dyn FnMut(DrainProgress),
+    ) -> Result<u64, StagingError> {
         let target_seq = self.ring.durable_seq();
+        let released_before = self.ring.released_seq();
+        let bytes_before = self.flusher.stats().bytes_durable;
         let mut completions = std::mem::take(&mut self.completions);
         let result = loop {
+            observe(DrainProgress {
+                records_total: target_seq - released_before,
+                records_done: self.ring.released_seq() - released_before,
+                bytes_done: self.flusher.stats().bytes_durable - bytes_before,
+            });
             if self.ring.released_seq() >= target_seq {
                 break Ok(target_seq);
             }

@@ -494,7 +494,24 @@ impl PollGroup {
             let Some(st) = staged.as_mut() else { continue };
             let target = st.log.durable_seq();
             let released_before = st.log.released_seq();
+            let bytes_before = st.log.stats().flusher.bytes_durable;
+            let staged_bytes = st.log.stats().staged_bytes;
+            let mut progress = (target > released_before).then(|| {
+                crate::progress::Progress::new(
+                    "draining staged writes to the medium",
+                    st.nsid,
+                    target - released_before,
+                    staged_bytes,
+                )
+            });
+            let done = |log: &crate::ha::StagingLog<_>| {
+                (log.released_seq() - released_before, log.stats().flusher.bytes_durable - bytes_before)
+            };
             let outcome = loop {
+                if let Some(p) = progress.as_mut() {
+                    let (records, bytes) = done(&st.log);
+                    p.update(records, bytes);
+                }
                 if st.log.released_seq() >= target {
                     break Ok(());
                 }
@@ -518,6 +535,10 @@ impl PollGroup {
                     std::thread::sleep(std::time::Duration::from_micros(200));
                 }
             };
+            if let Some(p) = progress.as_mut() {
+                let (records, bytes) = done(&st.log);
+                p.finish(records, bytes);
+            }
             match outcome {
                 Ok(()) => info!(
                     nsid = st.nsid,

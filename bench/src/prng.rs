@@ -8,31 +8,7 @@
 //! `xoshiro256**` produces the stream. Neither is cryptographic; both are fast
 //! enough to call once per I/O without showing in a profile.
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a one-word generator used for seeding
-/// and for stateless mixing of a few words into one.
-#[derive(Clone, Debug)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix64(self.state)
-    }
-}
-
-/// The SplitMix64 finaliser: a bijective mix of one word.
-pub fn mix64(value: u64) -> u64 {
-    let mut z = value;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use tandem_env::prng::{mix64, SplitMix64};
 
 /// xoshiro256** (Blackman and Vigna 2018).
 #[derive(Clone, Debug)]

@@ -8,6 +8,7 @@
 pub mod buffer;
 pub mod msg;
 pub mod persist;
+pub mod prng;
 pub mod reactor;
 pub mod uring;
 

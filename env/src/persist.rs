@@ -300,12 +300,12 @@ impl MemRegion {
     /// surviving bytes count as persisted.
     pub fn crash(&mut self, torn_seed: Option<u64>) {
         const WORD_BYTES: usize = 8;
-        let mut rng = torn_seed.map(SplitMix64);
+        let mut rng = torn_seed.map(crate::prng::SplitMix64::new);
         for (word, image) in self.current.chunks_mut(WORD_BYTES).zip(self.persisted.chunks_mut(WORD_BYTES)) {
             if word == image {
                 continue;
             }
-            let keep = rng.as_mut().is_some_and(|r| r.next() & 1 == 1);
+            let keep = rng.as_mut().is_some_and(|r| r.next_u64() & 1 == 1);
             if keep {
                 image.copy_from_slice(word);
             } else {
@@ -342,20 +342,6 @@ impl PersistentRegion for MemRegion {
     }
     fn kind(&self) -> DomainKind {
         DomainKind::Memory
-    }
-}
-
-/// SplitMix64 (Steele et al.), a tiny seeded generator so crash simulations
-/// replay exactly from their seed without a dependency.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 

@@ -16,6 +16,9 @@ use tandem_env::persist::PersistentRegion;
 
 use super::layout::*;
 
+mod second_store;
+pub use second_store::{Accepted, MirrorError, MirrorImage, MirrorWrite};
+
 /// Errors of the ring: the region cannot hold a ring, or a caller asked for
 /// something the ring cannot do now.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -138,6 +141,8 @@ pub struct Ring<R: PersistentRegion> {
     /// Unreleased records released_seq+1 .. next_seq-1, preallocated.
     slots: VecDeque<Slot>,
     record_data_bytes_max: usize,
+    /// Second store only: where a mirrored pad started, until its record arrives.
+    pad_start: Option<u64>,
 }
 
 impl<R: PersistentRegion> Ring<R> {
@@ -197,6 +202,7 @@ impl<R: PersistentRegion> Ring<R> {
             head_pos,
             tail_pos,
             slots,
+            pad_start: None,
         };
         ring.check_invariants();
         ring

@@ -7,7 +7,7 @@
 # down, so checks do not depend on each other's leftovers.
 #
 # Around each check it writes TANDEM-VM-CHECK-BEGIN/END markers into the
-# kernel log; check 07 uses them to attribute every kernel message to the
+# kernel log; check 09 uses them to attribute every kernel message to the
 # check that was running.
 set -u
 CHECK_NAME=runner
@@ -34,6 +34,15 @@ if [ -d $tr/events/nvme/nvme_async_event ]; then
   echo 1 > $tr/tracing_on
 fi
 host_identity
+# Heartbeat for the host's watcher (tests/vm/watch.sh): the running check and
+# the I/O completed on every block device so far. A check that prints nothing
+# and moves no I/O for TANDEM_VM_STALL_S fails there with its name.
+echo runner > $STATE_DIR/current
+io_total() { cat /sys/block/*/stat 2>/dev/null | awk '{n += $1 + $5} END {print n + 0}'; }
+( while sleep 10; do
+    echo "TANDEM-VM-HEARTBEAT check=$(cat $STATE_DIR/current 2>/dev/null) io=$(io_total)"
+  done ) &
+heartbeat_pid=$!
 log "starting target ($TARGET_KIND)"
 target_ok=1
 target_start > $STATE_DIR/target-start.txt 2>&1 || target_ok=0
@@ -46,6 +55,7 @@ for check in /harness/checks/[0-9]*.sh; do
   if [ $target_ok = 0 ]; then result FAIL "$name (0 s): target did not start: $start_error"; continue; fi
   rm -f $STATE_DIR/reason
   echo "<5>TANDEM-VM-CHECK-BEGIN $name" > /dev/kmsg
+  echo "$name" > $STATE_DIR/current
   echo "==== BEGIN $name uptime=$(now_s)"
   t0=$(now_s)
   CHECK_NAME=$name timeout 900 /bin/bash "$check"
@@ -71,6 +81,7 @@ for check in /harness/checks/[0-9]*.sh; do
   fi
 done
 target_stop
+kill $heartbeat_pid 2>/dev/null
 echo "==== kernel log"
 dmesg
 [ $TARGET_KIND = tandem ] && { echo "==== tandem log"; cat $TANDEM_LOG 2>/dev/null; }

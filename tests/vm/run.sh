@@ -21,6 +21,13 @@
 #   TANDEM_VM_CHECKS   space-separated check names (e.g. "01-discover") to run
 #                      only those; default all
 #   TANDEM_VM_FIO_SIZE size of the fio verify runs (default 64M, the minimum)
+#   TANDEM_VM_STALL_S  a check with no console output and no I/O for this
+#                      long fails at once (default 300 s; see watch.sh)
+#   TANDEM_VM_HARDENED_USERCOPY  off (default) | on: on boots the guest
+#                      without hardened_usercopy=off, to reproduce the 6.1
+#                      kernel BUG described in README.md
+#   TANDEM_VM_REPRO    NAME: run only tests/vm/repro/NAME.sh (no checks)
+#   TANDEM_VM_REPRO_ARGS  words passed to the repro script (harness/env)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,21 +35,26 @@ REPO=$(cd "$HERE/../.." && pwd)
 TARGET_KIND=${TANDEM_VM_TARGET:-tandem}
 TIMEOUT_S=${TANDEM_VM_TIMEOUT_S:-1140}
 FIO_SIZE=${TANDEM_VM_FIO_SIZE:-64M}
-PKGS="qemu-system-x86 busybox-static cpio zstd kmod iproute2 nvme-cli fio e2fsprogs \
+PKGS="qemu-system-x86 busybox-static cpio zstd kmod iproute2 nvme-cli fio e2fsprogs xfsprogs \
 rdma-core ibverbs-providers"
 
 # Kernel modules the guest needs; their dependency closure is added.
 GUEST_MODULES="configfs dummy loop brd crc32_generic crc32-pclmul crc32c_generic crc32c-intel \
-libcrc32c ext4 nvme-core nvme-fabrics nvme-tcp nvmet nvmet-tcp \
+libcrc32c ext4 xfs nvme-core nvme-fabrics nvme-tcp nvmet nvmet-tcp \
 ib_core ib_uverbs rdma_cm rdma_ucm rdma_rxe nvme-rdma nvmet-rdma"
 # Host programs copied into the guest with every library ldd reports.
 GUEST_BINS="/usr/sbin/nvme /usr/bin/fio /usr/sbin/ip /bin/bash /sbin/mke2fs /sbin/e2fsck \
-/usr/bin/rdma"
+/usr/bin/rdma /sbin/mkfs.xfs /sbin/xfs_repair"
+HARDENED_USERCOPY=${TANDEM_VM_HARDENED_USERCOPY:-off}
 
 log() { printf '[tandem-vm %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 case $TARGET_KIND in tandem|nvmet) ;; *) die "TANDEM_VM_TARGET must be tandem or nvmet";; esac
+case $HARDENED_USERCOPY in on|off) ;; *) die "TANDEM_VM_HARDENED_USERCOPY must be on or off";; esac
+if [ -n "${TANDEM_VM_REPRO:-}" ] && [ ! -f "$HERE/repro/$TANDEM_VM_REPRO.sh" ]; then
+  die "no tests/vm/repro/$TANDEM_VM_REPRO.sh"
+fi
 
 pick_cache() {
   local c=${TANDEM_VM_CACHE:-/var/cache/tandem-vm}
@@ -174,55 +186,85 @@ build_initramfs() {
   install -m755 "$HERE/guest/init" "$ROOT/init"
   mkdir -p "$ROOT/harness/checks"
   install -m755 "$HERE"/guest/*.sh "$ROOT/harness/"
-  install -m755 "$HERE"/checks/*.sh "$ROOT/harness/checks/"
+  if [ -n "${TANDEM_VM_REPRO:-}" ]; then
+    install -m755 "$HERE/repro/$TANDEM_VM_REPRO.sh" "$ROOT/harness/checks/00-repro-$TANDEM_VM_REPRO.sh"
+  else
+    install -m755 "$HERE"/checks/*.sh "$ROOT/harness/checks/"
+  fi
   {
     echo "TARGET_KIND=$TARGET_KIND"
     echo "FIO_SIZE=$FIO_SIZE"
     echo "CHECKS_ONLY=\"${TANDEM_VM_CHECKS:-}\""
+    echo "REPRO_ARGS=\"${TANDEM_VM_REPRO_ARGS:-}\""
   } > "$ROOT/harness/env"
   INITRD=$WORK/initrd.cpio.zst
   (cd "$ROOT" && find . -print0 | cpio --null -o -H newc --quiet | zstd -q -3 -T0) > "$INITRD"
 }
 
 boot() {
-  log "booting guest ($TARGET_KIND, timeout ${TIMEOUT_S} s), console log $CONSOLE_LOG"
+  # The 6.1 guest kernel's hardened usercopy BUGs on loopback NVMe/TCP with
+  # large folios (README.md, "The guest kernel's usercopy BUG"): off by default.
+  local append="console=ttyS0 quiet panic=-1 log_buf_len=8M nvme_core.multipath=Y"
+  [ "$HARDENED_USERCOPY" = off ] && append="$append hardened_usercopy=off"
+  log "booting guest ($TARGET_KIND, timeout ${TIMEOUT_S} s, stall ${TANDEM_VM_STALL_S:-300} s," \
+    "hardened_usercopy $HARDENED_USERCOPY), console log $CONSOLE_LOG"
   : > "$RESULTS"
+  VERDICT=$WORK/verdict
   set +e
   timeout --kill-after=10 "$TIMEOUT_S" qemu-system-x86_64 \
     -machine q35 -accel tcg -cpu max -smp 2 -m 2G \
     -display none -vga none -monitor none -no-reboot -nic none \
     -serial "file:$CONSOLE_LOG" -serial "file:$RESULTS" \
     -kernel "$VMLINUZ" -initrd "$INITRD" \
-    -append "console=ttyS0 quiet panic=-1 log_buf_len=8M nvme_core.multipath=Y" \
-    </dev/null >>"$CONSOLE_LOG.qemu" 2>&1
+    -append "$append" \
+    </dev/null >>"$CONSOLE_LOG.qemu" 2>&1 &
+  local qemu_pid=$!
+  # Ends QEMU (the timeout process we started, which passes TERM on) at
+  # once on a kernel crash or a stalled check.
+  "$HERE/watch.sh" "$CONSOLE_LOG" "$qemu_pid" "$VERDICT"
+  wait "$qemu_pid"
   QEMU_RC=$?
   set -e
 }
 
 report() {
-  local name line passed=0 failed=0 results
+  local name line passed=0 failed=0 results v_check="" v_reason=""
   results=$(tr -d '\r' < "$RESULTS")
+  if [ -s "$VERDICT" ]; then
+    IFS=$'\t' read -r v_check v_reason < "$VERDICT"
+  fi
   FINISHED=0
   printf '%s\n' "$results" | grep -qx 'SUITE-DONE' && FINISHED=1
-  for f in "$HERE"/checks/[0-9]*.sh; do
-    name=$(basename "$f" .sh)
+  local names
+  if [ -n "${TANDEM_VM_REPRO:-}" ]; then names="00-repro-$TANDEM_VM_REPRO"
+  else names=$(for f in "$HERE"/checks/[0-9]*.sh; do basename "$f" .sh; done | tr "\n" " "); fi
+  for name in $names; do
     if [ -n "${TANDEM_VM_CHECKS:-}" ] && [[ " $TANDEM_VM_CHECKS " != *" $name "* ]]; then continue; fi
     line=$(printf '%s\n' "$results" | awk -v n="$name" '$1=="RESULT" {k=$3; sub(/:$/, "", k); if (k==n) print}' | tail -1)
     case $line in
       "RESULT PASS "*) echo "PASS ${line#RESULT PASS }"; passed=$((passed + 1)) ;;
       "RESULT FAIL "*) echo "FAIL ${line#RESULT FAIL }"; failed=$((failed + 1)) ;;
       *)
-        if [ "$FINISHED" = 1 ]; then echo "FAIL $name: no result reported"
+        if [ -n "$v_check" ] && [ "$v_check" = "$name" ]; then echo "FAIL $name: $v_reason"
+        elif [ "$FINISHED" = 1 ]; then echo "FAIL $name: no result reported"
         else echo "FAIL $name: did not run (the guest did not finish)"; fi
         failed=$((failed + 1)) ;;
     esac
   done
+  if [ -n "$v_check" ] && [[ " $names " != *" $v_check "* ]]; then
+    echo "FAIL $v_check: $v_reason"; failed=$((failed + 1))
+  fi
+  if [ -n "$v_check" ]; then
+    echo "guest console around it:"
+    tail -n +2 "$VERDICT" | sed 's/^/  | /'
+  fi
   echo "$passed passed, $failed failed"
   FAILED=$failed
 }
 
 main() {
   local t0=$SECONDS
+  "$HERE/watch-selftest.sh" || die "the console watcher's self-test failed"
   pick_cache
   install_packages
   fetch_kernel

@@ -202,3 +202,48 @@ target_restore_ana() {
   target_ana_set 1 $TGT_ANA_GROUP optimized >/dev/null &&
     target_ana_set 2 $TGT_ANA_GROUP inaccessible >/dev/null
 }
+
+# ---- the example config, as a new user runs it ----
+# `tandem config example` printed and served as is, from its own working
+# directory: subsystem nqn.2026-11.io.tandem:demo on 127.0.0.1:4420, a 1 GiB
+# file namespace under data_dir (tmpfs here, so buffered I/O) behind the shm
+# staging log, MDTS 128 KiB. It takes port 4420, so the harness target is
+# stopped first; target_example_stop gives the port back and the runner then
+# restarts the harness target. With TARGET_KIND=nvmet the harness target
+# stands in (same port, its own NQN).
+EXAMPLE_DIR=/run/vm/example
+EXAMPLE_PID_FILE=/run/vm/example.pid
+EXAMPLE_PORT=4420
+
+# Starts it and sets TGT_NQN to the example's subsystem NQN.
+target_example_start() {
+  local i pid
+  [ $TARGET_KIND = tandem ] || return 0
+  target_stop || return 1
+  mkdir -p $EXAMPLE_DIR
+  tandem config example > $EXAMPLE_DIR/example.toml || return 1
+  TGT_NQN=$(awk -F'"' '/^nqn = /{print $2; exit}' $EXAMPLE_DIR/example.toml)
+  [ -n "$TGT_NQN" ] || { echo "target_example_start: no nqn in the example"; return 1; }
+  echo "---- tandem serve --config example.toml (in $EXAMPLE_DIR)" >> $TANDEM_LOG
+  (cd $EXAMPLE_DIR && exec env NO_COLOR=1 tandem serve --config example.toml 2>>$TANDEM_LOG >/dev/null) &
+  pid=$!
+  echo $pid > $EXAMPLE_PID_FILE
+  for i in $(seq 1 300); do
+    port_listening $EXAMPLE_PORT && return 0
+    kill -0 $pid 2>/dev/null || { echo "target_example_start: tandem exited"; tail -20 $TANDEM_LOG; return 1; }
+    sleep 0.1
+  done
+  echo "target_example_start: port $EXAMPLE_PORT not listening after 30 s"; return 1
+}
+
+# Disconnects the host from it and stops it (SIGTERM, up to 30 s).
+target_example_stop() {
+  local pid i
+  [ $TARGET_KIND = tandem ] || return 0
+  disconnect_all
+  pid=$(cat $EXAMPLE_PID_FILE 2>/dev/null) || return 0
+  rm -f $EXAMPLE_PID_FILE
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  echo "target_example_stop: tandem did not exit on SIGTERM"; kill -9 "$pid"; return 1
+}

@@ -21,6 +21,7 @@
 //! durable record > `released_seq` is in the index (unless cancelled or
 //! replaced by a newer write) and its bytes stay in the ring.
 
+pub mod ack;
 pub mod flusher;
 pub mod index;
 pub mod layout;

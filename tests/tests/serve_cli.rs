@@ -36,8 +36,9 @@ fn example_config_runs_as_printed() {
     assert!(example.contains("name = \"a\""), "the example's node is \"a\"");
     // Two substitutions, and only these: a free port instead of 4420 (which
     // other tests or a real target may hold) and a node name of our own,
-    // because the example's shm staging ring is /dev/shm/tandem-<name>, a
-    // machine-wide name that must not collide with another run. The example
+    // because the example's shm staging rings live in
+    // /dev/shm/tandem-<name>-<hash of the data_dir>, a machine-wide name that
+    // must not collide with another run. The example
     // runs with the scratch directory as its working directory, where its
     // relative data_dir (the namespace image) then lives.
     let addr = loopback(free_port());
@@ -50,9 +51,11 @@ fn example_config_runs_as_printed() {
     let parsed = Config::parse(&config).expect("the example parses");
     let subsystem = &parsed.subsystems[0];
     let ns = &subsystem.namespaces[0];
-    let shm_ring = std::path::PathBuf::from(format!("/dev/shm/tandem-{node_name}"));
-
     let dir = Scratch::new("example");
+    let data_dir = dir.path.join(parsed.node.data_dir.as_deref().expect("the example has a data_dir"));
+    let shm_ring = tandem_target::config::default_shm_staging_dir(&node_name, Some(&data_dir))
+        .expect("the default ring dir");
+    assert_eq!(parsed.staging.as_ref().map(|s| s.dir.starts_with("/dev/shm")), Some(true));
     let mut node = NodeProcess::start_in(&dir.path, "example", &config, &[addr]);
     let opts = ConnectOptions::new(&addr.to_string(), &subsystem.nqn);
     let mut ctrl = HostController::connect(&opts).expect("connect to the example's subsystem");
@@ -70,8 +73,8 @@ fn example_config_runs_as_printed() {
     q.read(ns.nsid, 100, &mut back).expect("read");
     assert!(back == data, "read-back equals the write");
     assert_eq!(node.terminate(Duration::from_secs(10)), Some(0), "clean exit; log:\n{}", node.log());
-    let _ = std::fs::remove_dir_all(&shm_ring);
-    let _ = std::fs::remove_file(&shm_ring);
+    assert!(shm_ring.is_dir(), "the example's rings are at {}", shm_ring.display());
+    std::fs::remove_dir_all(&shm_ring).expect("remove the example's ring directory");
 }
 
 #[test]

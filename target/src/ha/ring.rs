@@ -701,5 +701,18 @@ mod tests {
         let mut ring = Ring::format(MemRegion::new(1 << 20), &config()).expect("format");
         ring.write_heartbeat(42);
         assert_eq!(ring.heartbeat(), 42);
+        // The word must be durable, not just stored: after a power loss (which
+        // reverts every byte not persisted) and a reopen, it still reads 42.
+        let mut region = ring.into_region();
+        region.crash(None);
+        let binding = crate::ha::Binding::new(config().medium);
+        let (mut ring, _) = crate::ha::open_ring(region, 0, &binding).expect("reopen after crash");
+        assert_eq!(ring.heartbeat(), 42, "the heartbeat word was not persisted");
+        // And a later value replaces it durably too.
+        ring.write_heartbeat(u64::MAX - 1);
+        let mut region = ring.into_region();
+        region.crash(None);
+        let (ring, _) = crate::ha::open_ring(region, 0, &binding).expect("reopen after crash");
+        assert_eq!(ring.heartbeat(), u64::MAX - 1, "the second heartbeat was not persisted");
     }
 }

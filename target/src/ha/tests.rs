@@ -336,8 +336,13 @@ fn read_your_writes_with_partial_overlaps() {
     let mut now_ms = 0;
     pump(&mut log, &mut backend, &mut now_ms);
     assert_eq!(log.staged_overlaps(1, 0, 64).count(), 0);
-    let mut small = vec![0u8; 512];
-    assert!(log.read_overlay(2, 0, 1, BLOCK, &mut small).is_ok());
+    // Nothing is overlaid any more: the medium's bytes come back untouched.
+    let mut out = vec![b'.'; 10 * 512];
+    assert_eq!(log.read_overlay(1, 2, 10, BLOCK, &mut out).expect("overlay"), 0);
+    assert!(out.iter().all(|&b| b == b'.'), "namespace 1 overlaid after the release");
+    let mut small = vec![b'.'; 512];
+    assert_eq!(log.read_overlay(2, 0, 1, BLOCK, &mut small).expect("overlay"), 0);
+    assert!(small.iter().all(|&b| b == b'.'), "namespace 2 overlaid after the release");
 }
 
 #[test]

@@ -175,6 +175,18 @@ impl StagedNode {
             .unwrap_or_else(|e| panic!("rpc {method}: {e}; log:\n{}", self.node.log()))
     }
 
+    /// Counter `field` of namespace `nsid`'s entry in `tandem_get_status`'s
+    /// `staging` list (`staged_records`, `records_committed`, `medium_failures`...).
+    pub fn staging_counter(&self, nsid: u32, field: &str) -> u64 {
+        let status = self.rpc("tandem_get_status", json!({}));
+        let entries = status["staging"].as_array().cloned().unwrap_or_default();
+        let entry = entries
+            .iter()
+            .find(|e| e["nsid"].as_u64() == Some(u64::from(nsid)))
+            .unwrap_or_else(|| panic!("no staging entry for nsid {nsid} in {status}"));
+        entry[field].as_u64().unwrap_or_else(|| panic!("no {field} for nsid {nsid} in {status}"))
+    }
+
     /// `tandem_fault_inject` with `action` on namespace `nsid` (extra params merged in).
     pub fn fault(&self, nsid: u32, action: &str, extra: Value) -> Value {
         let mut params = json!({ "nsid": nsid, "action": action });

@@ -5,9 +5,14 @@
 //!
 //! - `crash_loop_shm` / `crash_loop_file`: `tandem serve` with staging in
 //!   front of a file medium runs the crash checker's load on two queues and is
-//!   killed with SIGKILL at a seeded random moment, restarted on the same
-//!   config and verified, round after round; the checker keeps its state, so
-//!   an acknowledged write lost or reordered in any round fails the test.
+//!   killed with SIGKILL at a seeded random moment (once more than a host's
+//!   worth of writes is committed, so every round has acknowledged writes),
+//!   restarted on the same config and verified, round after round; the
+//!   checker keeps its state, so an acknowledged write lost or reordered in
+//!   any round fails the test. In even rounds the medium starts failing
+//!   writes (fault RPC) just before the kill and the kill waits for the first
+//!   failure, so records are staged when the node dies and that round fails
+//!   unless recovery replays some; a run with no replay at all fails too.
 //!   `TANDEM_CRASH_ROUNDS=N` sets the rounds of the shm loop (default 20),
 //!   `TANDEM_CRASH_SEED=S` the seed.
 //! - `sigterm_with_staged_writes_exits_cleanly_and_keeps_them`: a node whose

@@ -27,15 +27,14 @@ fn flusher_config() -> FlusherConfig {
     FlusherConfig { batch_bytes_max: 16 * 1024, batches_max: 4, ..FlusherConfig::default() }
 }
 
-/// A deterministic generator (SplitMix64).
-struct Rng(u64);
+/// The workspace's one seeded generator, with a bounded draw.
+struct Rng(tandem_env::prng::SplitMix64);
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(tandem_env::prng::SplitMix64::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
@@ -119,7 +118,7 @@ impl CacheBackend {
             durable: vec![0; bytes],
             cache: vec![0; bytes],
             in_flight: Vec::new(),
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             queue_depth_max: 8,
         }
     }
@@ -245,7 +244,7 @@ fn wrap_around_many_times_and_medium_gets_newest_data() {
     let mut log =
         StagingLog::format(MemRegion::new(128 * 1024), &ring_config(), flusher_config()).expect("format");
     let mut backend = CacheBackend::new(64, 1);
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut newest = vec![(0u64, 0u64); 64];
     let mut now_ms = 0;
     for _ in 0..400 {
@@ -680,7 +679,7 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
     let (mut torn_tails, mut replayed_records, mut wrapped) = (0u64, 0u64, 0u64);
     let mut crashes_in_recovery = 0u64;
     for iteration in 0..300u64 {
-        let mut rng = Rng(iteration.wrapping_mul(0x1234_5678_9abc_def1) ^ 0x77);
+        let mut rng = Rng::new(iteration.wrapping_mul(0x1234_5678_9abc_def1) ^ 0x77);
         let use_cache = iteration % 2 == 0;
         let mut cache_backend = CacheBackend::new(LBAS, rng.next());
         let mut fault_backend = FaultBackend::new(RamBackend::new(BLOCK, LBAS).expect("ram"));

@@ -25,20 +25,15 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const RAW_HOSTID: [u8; 16] = [0x52, 0x41, 0x57, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 1];
 pub const RAW_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:52415700-0000-4000-8000-000000000001";
 
-/// Opcodes and fabrics command types used by the tests (NVMe Base 2.0,
-/// Figures 139 and 346; NVMe-oF 1.1, Figure 18).
+/// Opcodes and fabrics command types used by the tests (one definition:
+/// `tandem_nvmf::spec::opcode`).
 pub mod opc {
-    pub const FLUSH: u8 = 0x00;
-    pub const WRITE: u8 = 0x01;
-    pub const READ: u8 = 0x02;
-    pub const GET_LOG_PAGE: u8 = 0x02;
-    pub const IDENTIFY: u8 = 0x06;
-    pub const SET_FEATURES: u8 = 0x09;
-    pub const ASYNC_EVENT_REQUEST: u8 = 0x0C;
-    pub const KEEP_ALIVE: u8 = 0x18;
-    pub const FABRICS: u8 = 0x7F;
-    pub const FCTYPE_PROPERTY_SET: u8 = 0x00;
-    pub const FCTYPE_CONNECT: u8 = 0x01;
+    pub use tandem_nvmf::spec::opcode::admin::{
+        ASYNC_EVENT_REQUEST, FABRICS, GET_LOG_PAGE, IDENTIFY, KEEP_ALIVE, SET_FEATURES,
+    };
+    pub use tandem_nvmf::spec::opcode::nvm::{FLUSH, READ, WRITE};
+    pub const FCTYPE_PROPERTY_SET: u8 = tandem_nvmf::spec::opcode::fctype::PROPERTY_SET;
+    pub const FCTYPE_CONNECT: u8 = tandem_nvmf::spec::opcode::fctype::CONNECT;
 }
 
 /// One thing received from the target.

@@ -141,21 +141,8 @@ pub struct NamespaceInfo {
     pub nguid: [u8; 16],
 }
 
-/// Admin opcodes (NVMe Base 2.0, Figure 139).
-mod admin_opcode {
-    pub const GET_LOG_PAGE: u8 = 0x02;
-    pub const IDENTIFY: u8 = 0x06;
-    pub const SET_FEATURES: u8 = 0x09;
-    pub const KEEP_ALIVE: u8 = 0x18;
-    pub const FABRICS: u8 = 0x7F;
-}
-
-/// Fabrics command types (NVMe-oF 1.1, Figure 18).
-mod fctype {
-    pub const PROPERTY_SET: u8 = 0x00;
-    pub const CONNECT: u8 = 0x01;
-    pub const PROPERTY_GET: u8 = 0x04;
-}
+/// Admin opcodes and Fabrics command types (one definition: `spec::opcode`).
+use crate::spec::opcode::{admin as admin_opcode, fctype};
 
 /// Controller property offsets (NVMe Base 2.0, Figure 33).
 mod property {

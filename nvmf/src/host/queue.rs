@@ -30,18 +30,14 @@ use crate::tcp::{C2HData, H2CData, PduHeader, RecvEvent, TcpError, R2T};
 /// Per-slot buffer allocated when the queue is created.
 pub const SLOT_BUF_PREALLOC_BYTES: usize = 128 * 1024;
 
-/// NVMe I/O opcodes (NVM Command Set 1.0, Figure 17).
+/// The opcodes this host sends (one definition: `spec::opcode`).
 mod opcode {
-    pub const FLUSH: u8 = 0x00;
-    pub const WRITE: u8 = 0x01;
-    pub const READ: u8 = 0x02;
-    pub const WRITE_ZEROES: u8 = 0x08;
-    pub const DATASET_MANAGEMENT: u8 = 0x09;
-    pub const FABRICS: u8 = 0x7F;
+    pub use crate::spec::opcode::admin::FABRICS;
+    pub use crate::spec::opcode::nvm::{DATASET_MANAGEMENT, FLUSH, READ, WRITE, WRITE_ZEROES};
 }
 
 /// Fabrics command type of Connect (NVMe-oF 1.1, Figure 18).
-const FCTYPE_CONNECT: u8 = 0x01;
+const FCTYPE_CONNECT: u8 = crate::spec::opcode::fctype::CONNECT;
 
 /// Transient Transport Error (NVMe Base 2.0, Figure 101, SC 22h): the status
 /// the NVMe/TCP spec gives a command whose data failed its digest.

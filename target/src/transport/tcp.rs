@@ -61,10 +61,10 @@ pub struct TransportLimits {
 const ADMIN_IN_CAPSULE_BYTES: usize = 8192;
 /// Request slots beyond the queue depth: parked Asynchronous Event Requests.
 const AER_SLOTS: usize = 8;
-const FABRICS_OPCODE: u8 = 0x7f;
-const FCTYPE_CONNECT: u8 = 0x01;
+const FABRICS_OPCODE: u8 = tandem_nvmf::spec::opcode::admin::FABRICS;
+const FCTYPE_CONNECT: u8 = tandem_nvmf::spec::opcode::fctype::CONNECT;
 /// NVM command set Write (NVM Command Set 1.0, 3.3.4).
-const NVM_WRITE_OPCODE: u8 = 0x01;
+const NVM_WRITE_OPCODE: u8 = tandem_nvmf::spec::opcode::nvm::WRITE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReqState {

@@ -25,6 +25,7 @@ pub mod ack;
 pub mod flusher;
 pub mod index;
 pub mod layout;
+pub mod link;
 pub mod recovery;
 pub mod ring;
 

@@ -51,6 +51,11 @@
 pub mod auth;
 pub mod frame;
 
+#[cfg(test)]
+mod auth_tests;
+#[cfg(test)]
+mod frame_tests;
+
 pub use auth::{
     fresh_nonce, AuthError, Handshake, HandshakeConfig, KeyError, LinkKey, PeerIdentity, Step,
     PROTOCOL_VERSION,

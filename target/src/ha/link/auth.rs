@@ -95,7 +95,7 @@ impl LinkKey {
         if let Some(position) = digits.iter().position(|d| !d.is_ascii_hexdigit()) {
             return Err(KeyError::NotHex { field, position });
         }
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return Err(KeyError::OddDigits { field, digits: digits.len() });
         }
         let bytes = digits.len() / 2;

@@ -167,7 +167,9 @@ fn a_response_replayed_from_an_older_session_is_refused() {
     let (mut a1, mut b1) = (initiator(KEY_A, 1), acceptor(KEY_A, 2));
     let a1_first = a1.start().expect("start");
     let b1_first = b1.start().expect("start");
-    deliver(&mut a1, &b1_first);
+    let (a1_response, a1_waits) = deliver(&mut a1, &b1_first);
+    assert_eq!(a1_waits, Ok(None));
+    assert!(!a1_response.is_empty());
     let (b1_response, _) = deliver(&mut b1, &a1_first);
     assert_eq!(deliver(&mut a1, &b1_response).1.expect("session 1 works").map(|p| p.node_id), Some(2));
     // Session 2: an attacker replays b's Hello, Challenge and Response to a,

@@ -166,7 +166,8 @@ pub struct HandshakeConfig {
     pub expected_peer_id: Option<u64>,
 }
 
-/// The authenticated partner.
+/// The authenticated partner. Its name came from the peer's Hello: log it
+/// as data (it is checked UTF-8 of at most 64 bytes, nothing more).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
     pub node_id: u64,
@@ -175,7 +176,8 @@ pub struct PeerIdentity {
     pub protocol_version: u16,
 }
 
-/// What the caller does next.
+/// What the caller does next. The handshake runs once per connection, off
+/// the data path, so its output is an owned buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     /// Send these encoded frames, then wait for more.
@@ -207,6 +209,8 @@ pub enum AuthError {
     PeerGoodbye { reason: GoodbyeReason },
     #[error("handshake: node name is over {NODE_NAME_BYTES_MAX} bytes")]
     NameTooLong,
+    #[error("handshake: cannot encode our own frame: {0}")]
+    Encode(#[from] frame::EncodeError),
     #[error("handshake: start() called twice or after the end")]
     NotStartable,
     #[error("handshake: a frame after the handshake ended")]
@@ -226,6 +230,7 @@ impl AuthError {
             AuthError::UnexpectedFrame { .. } => Some(GoodbyeReason::ProtocolViolation),
             AuthError::PeerGoodbye { .. }
             | AuthError::NameTooLong
+            | AuthError::Encode(_)
             | AuthError::NotStartable
             | AuthError::Finished => None,
         }
@@ -378,7 +383,7 @@ impl Handshake {
 
 /// Encodes a frame we built ourselves (sizes known, fields in range).
 fn encode_known(frame: &Frame<'_>, out: &mut [u8]) -> Result<usize, AuthError> {
-    frame::encode(frame, out).map_err(|_| AuthError::NameTooLong)
+    Ok(frame::encode(frame, out)?)
 }
 
 /// The MAC a node with `sender_role` sends: over the context, its role

@@ -275,3 +275,16 @@ fn fresh_nonces_differ() {
     let (one, two) = (fresh_nonce().expect("urandom"), fresh_nonce().expect("urandom"));
     assert_ne!(one, two);
 }
+
+#[test]
+fn a_name_too_long_for_a_hello_is_refused_at_start() {
+    let mut long = config(LinkRole::Initiator, 1, "node-a", KEY_A);
+    long.name = "n".repeat(frame::NODE_NAME_BYTES_MAX + 1);
+    assert_eq!(Handshake::new(long, [1; NONCE_BYTES]).start(), Err(AuthError::NameTooLong));
+    let mut longest = config(LinkRole::Initiator, 1, "node-a", KEY_A);
+    longest.name = "n".repeat(frame::NODE_NAME_BYTES_MAX);
+    let (mut a, mut b) = (Handshake::new(longest, [1; NONCE_BYTES]), acceptor(KEY_A, 2));
+    let (a_result, b_result) = run(&mut a, &mut b);
+    assert_eq!(a_result.expect("a").map(|p| p.node_id), Some(2));
+    assert_eq!(b_result.expect("b").map(|p| p.name.len()), Some(frame::NODE_NAME_BYTES_MAX));
+}

@@ -26,6 +26,7 @@ pub mod flusher;
 pub mod index;
 pub mod layout;
 pub mod link;
+pub mod mirror;
 pub mod recovery;
 pub mod ring;
 

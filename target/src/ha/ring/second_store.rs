@@ -175,11 +175,21 @@ impl<R: PersistentRegion> Ring<R> {
         let area = self.geometry.area_bytes;
         let tail_offset = self.tail_pos % area;
         let pad_pending = self.pad_start.is_some();
+        let crc_ok = |data: &[u8]| RecordHeader::crc_matches(header_bytes, data);
+        if let (true, Some(pad_start)) = (is_pad, self.pad_start) {
+            // The pad again (a resend after the connection dropped between
+            // the pad and its record): held already, nothing to write.
+            let pad_offset = self.area_offset_of(pad_start) + align as usize - RECORD_HEADER_BYTES;
+            let held = &self.region.bytes()[pad_offset..pad_offset + RECORD_HEADER_BYTES];
+            if offset == pad_offset && bytes == held {
+                return Ok(Accepted::Pad);
+            }
+            return Err(MirrorError::Shape { seq, reason: "a second pad before the record of the first" });
+        }
         let expected = self.area_offset_of(self.tail_pos) + align as usize - RECORD_HEADER_BYTES;
         if offset != expected {
             return Err(MirrorError::Misplaced { seq, offset, expected });
         }
-        let crc_ok = |data: &[u8]| RecordHeader::crc_matches(header_bytes, data);
         if is_pad {
             if pad_pending || tail_offset == 0 || header.data_len != 0 {
                 return Err(MirrorError::Shape {

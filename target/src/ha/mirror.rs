@@ -279,37 +279,19 @@ mod tests {
                 }
                 // Partial delivery to the partner; it answers with one coalesced ack.
                 7..=9 => {
-                    let n = (rng.next_u64() as usize % 9000).min(wire.to_partner.len());
-                    let taken = at_partner.feed(&wire.to_partner[..n]);
-                    wire.to_partner.drain(..taken);
-                    let mut ack = None;
-                    let mut failed = false;
-                    loop {
-                        match at_partner.next_frame() {
-                            Ok(Some(frame)) => match receiver.on_frame(&frame) {
-                                Ok(Reply::Ack(through)) => ack = Some(through),
-                                Ok(Reply::None) => {}
-                                Err(_) => {
-                                    failed = true;
-                                    break;
-                                }
-                            },
-                            Ok(None) => break,
-                            Err(_) => {
-                                failed = true;
-                                break;
-                            }
+                    match deliver(&mut wire, &mut at_partner, &mut receiver, rng.next_u64() as usize % 9000) {
+                        Ok(Some(through)) => {
+                            let mut b = [0u8; 64];
+                            let len =
+                                encode(&Frame::RecordAck { through_seq: through }, &mut b).expect("encode");
+                            wire.to_owner.extend_from_slice(&b[..len]);
                         }
-                    }
-                    if let Some(through) = ack {
-                        let mut b = [0u8; 64];
-                        let len = encode(&Frame::RecordAck { through_seq: through }, &mut b).expect("encode");
-                        wire.to_owner.extend_from_slice(&b[..len]);
-                    }
-                    if failed {
-                        refused += 1;
-                        reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
-                        disconnects += 1;
+                        Ok(None) => {}
+                        Err(()) => {
+                            refused += 1;
+                            reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
+                            disconnects += 1;
+                        }
                     }
                 }
                 // Acks reach the owner: each acknowledged write is in both stores.
@@ -338,12 +320,12 @@ mod tests {
                     }
                 }
                 // The connection drops with whatever was in flight.
-                13 if rng.next_u64() % 4 == 0 => {
+                13 if rng.next_u64().is_multiple_of(4) => {
                     reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
                     disconnects += 1;
                 }
                 // A byte is damaged in flight.
-                14 if !wire.to_partner.is_empty() && rng.next_u64() % 4 == 0 => {
+                14 if !wire.to_partner.is_empty() && rng.next_u64().is_multiple_of(4) => {
                     let at = rng.next_u64() as usize % wire.to_partner.len();
                     wire.to_partner[at] ^= 1 << (rng.next_u64() % 8);
                 }
@@ -360,31 +342,13 @@ mod tests {
             }
             let n = sender.fill(&ring, &mut send_buf).expect("fill");
             wire.to_partner.extend_from_slice(&send_buf[..n]);
-            let taken = at_partner.feed(&wire.to_partner);
-            wire.to_partner.drain(..taken);
-            let mut ack = None;
-            let mut failed = false;
-            loop {
-                match at_partner.next_frame() {
-                    Ok(Some(frame)) => match receiver.on_frame(&frame) {
-                        Ok(Reply::Ack(through)) => ack = Some(through),
-                        Ok(Reply::None) => {}
-                        Err(e) => {
-                            failed = true;
-                            break;
-                        }
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        failed = true;
-                        break;
-                    }
+            let ack = match deliver(&mut wire, &mut at_partner, &mut receiver, usize::MAX) {
+                Ok(ack) => ack,
+                Err(()) => {
+                    reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
+                    continue;
                 }
-            }
-            if failed {
-                reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
-                continue;
-            }
+            };
             if let Some(through) = ack {
                 for seq in sender.on_frame(&Frame::RecordAck { through_seq: through }).expect("ack") {
                     assert_eq!(seq, acked_through + 1);
@@ -404,6 +368,26 @@ mod tests {
             staged > 100 && disconnects > 0 && refused > 0,
             "seed {seed}: {staged} {disconnects} {refused}"
         );
+    }
+
+    /// Feeds up to `n` bytes from the wire to the partner and handles the
+    /// frames: Ok(the highest ack to send), or Err if the connection must drop.
+    fn deliver(
+        wire: &mut Wire,
+        at_partner: &mut FrameDecoder<'_>,
+        receiver: &mut MirrorReceiver<MemRegion>,
+        n: usize,
+    ) -> Result<Option<u64>, ()> {
+        let n = n.min(wire.to_partner.len());
+        let taken = at_partner.feed(&wire.to_partner[..n]);
+        wire.to_partner.drain(..taken);
+        let mut ack = None;
+        while let Some(frame) = at_partner.next_frame().map_err(|_| ())? {
+            if let Reply::Ack(through) = receiver.on_frame(&frame).map_err(|_| ())? {
+                ack = Some(through);
+            }
+        }
+        Ok(ack)
     }
 
     fn reconnect(

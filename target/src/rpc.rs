@@ -278,9 +278,13 @@ fn serve_connection(stream: UnixStream, handler: &dyn RpcHandler) {
     }
 }
 
-/// Drops `buf` up to and including its first newline; returns true if there
-/// was none (the rest of the line is still to come and must be skipped).
+/// Drops the bad request at the front of `buf` up to and including the
+/// newline that ends it; returns true if there was none (the rest of the line
+/// is still to come and must be skipped). Whitespace before the request (the
+/// newline of the line before, when reads coalesce) is not its end.
 fn skip_line(buf: &mut Vec<u8>) -> bool {
+    let start = buf.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(buf.len());
+    buf.drain(..start);
     match buf.iter().position(|&b| b == b'\n') {
         Some(i) => {
             buf.drain(..=i);
@@ -634,6 +638,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         c.send(b"\"params\":{\"a\":3,\"b\":0},\"id\":21}");
         assert_eq!(c.answer(), json!({"jsonrpc": "2.0", "result": 3, "id": 21}));
+    }
+
+    #[test]
+    fn a_bad_line_after_the_previous_lines_newline_is_answered_once() {
+        // One read can carry the newline that ended the last request and a
+        // bad line after it: the bad line gets one answer, not one per newline.
+        let path = socket_path("coalesced");
+        let _server = RpcServer::start(&path, Arc::new(Echo)).expect("start");
+        let mut c = Client::new(&path);
+        c.send(
+            b"\n{not json\n{\"jsonrpc\":\"2.0\",\"method\":\"add\",\"params\":{\"a\":1,\"b\":2},\"id\":3}\n",
+        );
+        assert_eq!(c.answer()["error"]["code"], code::PARSE_ERROR);
+        assert_eq!(
+            c.answer(),
+            json!({"jsonrpc": "2.0", "result": 3, "id": 3}),
+            "the next answer is the next request's"
+        );
+        let mut buf = b"\n\n{bad".to_vec();
+        assert!(skip_line(&mut buf), "the bad request's own line has not ended");
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! offset size field
 //! 0      4    magic, "TLNK" (FRAME_MAGIC)
 //! 4      1    version (FRAME_VERSION = 1); any other value is refused
-//! 5      1    kind (FrameKind code, 1..=10)
+//! 5      1    kind (FrameKind code, 1..=12)
 //! 6      2    flags, reserved: must be 0
 //! 8      4    payload_bytes, at most the decoder's payload_bytes_max
 //! 12     4    payload_crc32c, CRC32C of the payload bytes
@@ -39,7 +39,17 @@
 //!                                    24 u64 echo_time_ms (the last heartbeat received, echoed
 //!                                    so its sender measures the round trip on its own clock)
 //! 10    Goodbye     8                0 u32 reason (GoodbyeReason code), 4 u32 reserved
+//! 11    StoreState  32               0 u64 format_nonce (0: no second store for this owner),
+//!                                    8 u64 epoch, 16 u64 held_through (every record <= it is
+//!                                    durable there), 24 u64 released_seq
+//! 12    StoreFormat 32 + 4096        0 u64 generation, 8 u64 epoch, 16 u64 released_seq,
+//!                                    24 u64 head_offset (the owner's control state), 32 the
+//!                                    owner's superblock, SUPERBLOCK_BYTES, as in its ring
 //! ```
+//! StoreState goes from the partner to the owner once a connection is
+//! authenticated; the owner answers either by streaming on from what the
+//! partner holds or with StoreFormat, which makes the partner's second store
+//! a fresh copy of the owner's ring (see `ha::mirror`).
 //! A Record frame is sent as two pieces without copying the record: the
 //! header and the 24 fixed bytes ([`RECORD_PREFIX_BYTES`]) encoded into a
 //! caller buffer by [`encode_record_prefix`], then the record bytes straight
@@ -52,7 +62,7 @@
 //! failed until [`FrameDecoder::reset`]. Records not acknowledged are sent
 //! again on the new connection, so nothing is lost.
 
-use crate::ha::layout::{get_u32, get_u64, put_u32, put_u64, RECORD_HEADER_BYTES};
+use crate::ha::layout::{get_u32, get_u64, put_u32, put_u64, RECORD_HEADER_BYTES, SUPERBLOCK_BYTES};
 use std::fmt;
 
 /// Frame magic: "TLNK" as little-endian bytes.
@@ -87,6 +97,13 @@ pub const HEARTBEAT_BYTES: usize = 32;
 pub const SEQ_BYTES: usize = 8;
 /// Payload of a Goodbye.
 pub const GOODBYE_BYTES: usize = 8;
+/// Payload of a StoreState.
+pub const STORE_STATE_BYTES: usize = 32;
+/// Fixed part of a StoreFormat payload (the superblock follows).
+pub const STORE_FORMAT_FIXED_BYTES: usize = 32;
+/// Payload of a StoreFormat: larger than any other control frame, so only a
+/// decoder sized for records (the partner's) receives it.
+pub const STORE_FORMAT_BYTES: usize = STORE_FORMAT_FIXED_BYTES + SUPERBLOCK_BYTES;
 /// The largest payload any non-Record frame has; a decoder's
 /// `payload_bytes_max` must be at least this (and at least the largest record
 /// plus [`RECORD_FIXED_BYTES`]).
@@ -121,11 +138,13 @@ pub enum FrameKind {
     FailedDone = 8,
     Heartbeat = 9,
     Goodbye = 10,
+    StoreState = 11,
+    StoreFormat = 12,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 10] = [
+    pub const ALL: [FrameKind; 12] = [
         FrameKind::Hello,
         FrameKind::Challenge,
         FrameKind::Response,
@@ -136,6 +155,8 @@ impl FrameKind {
         FrameKind::FailedDone,
         FrameKind::Heartbeat,
         FrameKind::Goodbye,
+        FrameKind::StoreState,
+        FrameKind::StoreFormat,
     ];
 
     pub fn code(self) -> u8 {
@@ -161,6 +182,8 @@ impl FrameKind {
             FrameKind::FailedDone => (FAILED_DONE_BYTES, FAILED_DONE_BYTES),
             FrameKind::Heartbeat => (HEARTBEAT_BYTES, HEARTBEAT_BYTES),
             FrameKind::Goodbye => (GOODBYE_BYTES, GOODBYE_BYTES),
+            FrameKind::StoreState => (STORE_STATE_BYTES, STORE_STATE_BYTES),
+            FrameKind::StoreFormat => (STORE_FORMAT_BYTES, STORE_FORMAT_BYTES),
         }
     }
 }
@@ -350,6 +373,21 @@ pub enum Frame<'a> {
     Goodbye {
         reason: GoodbyeReason,
     },
+    /// What the partner's second store for this owner holds.
+    StoreState {
+        format_nonce: u64,
+        epoch: u64,
+        held_through: u64,
+        released_seq: u64,
+    },
+    /// Makes the partner's second store a fresh copy of the owner's ring.
+    StoreFormat {
+        generation: u64,
+        epoch: u64,
+        released_seq: u64,
+        head_offset: u64,
+        superblock: &'a [u8],
+    },
 }
 
 impl Frame<'_> {
@@ -365,6 +403,8 @@ impl Frame<'_> {
             Frame::FailedDone { .. } => FrameKind::FailedDone,
             Frame::Heartbeat { .. } => FrameKind::Heartbeat,
             Frame::Goodbye { .. } => FrameKind::Goodbye,
+            Frame::StoreState { .. } => FrameKind::StoreState,
+            Frame::StoreFormat { .. } => FrameKind::StoreFormat,
         }
     }
 
@@ -534,6 +574,26 @@ pub fn encode(frame: &Frame<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
             put_u64(payload, 24, echo_time_ms);
         }
         Frame::Goodbye { reason } => put_u32(payload, 0, reason.code()),
+        Frame::StoreState { format_nonce, epoch, held_through, released_seq } => {
+            put_u64(payload, 0, format_nonce);
+            put_u64(payload, 8, epoch);
+            put_u64(payload, 16, held_through);
+            put_u64(payload, 24, released_seq);
+        }
+        Frame::StoreFormat { generation, epoch, released_seq, head_offset, superblock } => {
+            if superblock.len() != SUPERBLOCK_BYTES {
+                return Err(EncodeError::BadField {
+                    kind: FrameKind::StoreFormat,
+                    field: "superblock",
+                    detail: "not SUPERBLOCK_BYTES long",
+                });
+            }
+            put_u64(payload, 0, generation);
+            put_u64(payload, 8, epoch);
+            put_u64(payload, 16, released_seq);
+            put_u64(payload, 24, head_offset);
+            payload[STORE_FORMAT_FIXED_BYTES..].copy_from_slice(superblock);
+        }
         Frame::Record { .. } => unreachable!("handled above"),
     }
     let crc = crc32c::crc32c(payload);
@@ -789,5 +849,18 @@ fn parse_payload(kind: FrameKind, p: &[u8]) -> Result<Frame<'_>, FrameError> {
             }
             Frame::Goodbye { reason: GoodbyeReason::from_code(get_u32(p, 0)) }
         }
+        FrameKind::StoreState => Frame::StoreState {
+            format_nonce: get_u64(p, 0),
+            epoch: get_u64(p, 8),
+            held_through: get_u64(p, 16),
+            released_seq: get_u64(p, 24),
+        },
+        FrameKind::StoreFormat => Frame::StoreFormat {
+            generation: get_u64(p, 0),
+            epoch: get_u64(p, 8),
+            released_seq: get_u64(p, 16),
+            head_offset: get_u64(p, 24),
+            superblock: &p[STORE_FORMAT_FIXED_BYTES..],
+        },
     })
 }

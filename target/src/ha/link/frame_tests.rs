@@ -2,7 +2,7 @@
 //! error, splits at every byte, and seeded random bytes and mutations.
 
 use super::frame::*;
-use crate::ha::layout::RECORD_HEADER_BYTES;
+use crate::ha::layout::{RECORD_HEADER_BYTES, SUPERBLOCK_BYTES};
 use tandem_perf::prng::Rng;
 
 /// Big enough for the largest test record.
@@ -45,6 +45,18 @@ fn every_kind(record_small: &[u8], record_big: &[u8]) -> Vec<Frame<'static>> {
         Frame::Heartbeat { counter: 10, sender_time_ms: 123_456, echo_counter: 9, echo_time_ms: 123_000 },
         Frame::Goodbye { reason: GoodbyeReason::Shutdown },
         Frame::Goodbye { reason: GoodbyeReason::Other(77) },
+        Frame::StoreState { format_nonce: 0x77, epoch: 2, held_through: 40, released_seq: 30 },
+        Frame::StoreState { format_nonce: 0, epoch: 0, held_through: 0, released_seq: 0 },
+        Frame::StoreFormat {
+            generation: 3,
+            epoch: 2,
+            released_seq: 30,
+            head_offset: 8192,
+            // No two neighbours equal: an inserted or removed byte always shows.
+            superblock: Box::leak(
+                (0..SUPERBLOCK_BYTES).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into_boxed_slice(),
+            ),
+        },
     ]
 }
 
@@ -248,7 +260,7 @@ fn bad_version_is_refused() {
 
 #[test]
 fn unknown_kinds_are_refused() {
-    for kind in [0u8, 11, 200, 255] {
+    for kind in [0u8, 13, 200, 255] {
         assert_eq!(
             first_error(&sealed(FRAME_VERSION, kind, 0, &[0; 8])),
             FrameError::BadKind { found: kind }

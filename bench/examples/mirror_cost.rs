@@ -61,6 +61,10 @@ fn mirrored() -> f64 {
             .expect("second store");
     let mut receiver = MirrorReceiver::new(second);
     let mut sender = MirrorSender::new(&owner);
+    let Frame::StoreState { format_nonce, epoch, held_through, released_seq } = receiver.state_frame() else {
+        unreachable!("state_frame is a StoreState")
+    };
+    sender.on_store_state(&owner, format_nonce, epoch, held_through, released_seq).expect("resume");
     let payload_max = RECORD_FIXED_BYTES + 2 * RECORD_BYTES;
     let mut rx_buf = vec![0u8; 4 * payload_max];
     let mut decoder = FrameDecoder::new(&mut rx_buf, payload_max).expect("decoder");

@@ -14,15 +14,22 @@
 //! partner acknowledged; records it resends are acknowledged again, not
 //! rewritten.
 //!
-//! Not yet here: formatting the partner's second store over the link (today
-//! the caller formats it from the owner's superblock and control state, see
-//! `Ring::format_mirror`), the resync after a long absence, failed-sequence
-//! handling, heartbeats, and the socket itself.
+//! Starting a connection: the partner first sends `StoreState` (what its
+//! second store for this owner holds). The owner streams on from there when
+//! that store is a copy of its ring (same ring instance and epoch, holding
+//! no record the owner does not have, and nothing the owner released without
+//! it); otherwise it sends `StoreFormat` (its control state and superblock),
+//! the partner makes its store a fresh copy, and the owner sends every
+//! unreleased record again. The partner refuses to format over records of
+//! ANOTHER ring instance that are not yet on the medium: they may be the
+//! only other copy of acknowledged writes (a takeover drains them first).
+//!
+//! Not yet here: failed-sequence handling, heartbeats, and the socket itself.
 
 use std::ops::RangeInclusive;
 
 use super::ack::{AckError, AckGate, MirrorMode};
-use super::layout::RecordHeader;
+use super::layout::{ControlState, RecordHeader};
 use super::link::frame::{encode, encode_record_prefix, EncodeError, Frame, RECORD_PREFIX_BYTES};
 use super::ring::{Accepted, MirrorError, Ring};
 use tandem_env::persist::PersistentRegion;
@@ -31,10 +38,28 @@ use tandem_env::persist::PersistentRegion;
 #[derive(Debug)]
 pub struct MirrorSender {
     gate: AckGate,
+    /// False until the partner's `StoreState` of this connection arrived.
+    streaming: bool,
+    /// A `StoreFormat` is to be sent before anything else.
+    format_pending: bool,
     /// Every record through this was put into a frame on this connection.
     sent_through: u64,
+    /// Every record through this is held by the partner (acknowledged, or
+    /// reported in its `StoreState`), or was released before its store was
+    /// formatted on this connection.
+    held_through: u64,
     /// The last `Released` sent on this connection.
     released_sent: u64,
+}
+
+/// What the owner made of the partner's `StoreState`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreDecision {
+    /// The partner's store is a copy: stream on after what it holds; these
+    /// sequences may now be acknowledged.
+    Resume(RangeInclusive<u64>),
+    /// The partner's store is not a copy (why): a `StoreFormat` goes first.
+    Format(&'static str),
 }
 
 impl MirrorSender {
@@ -43,9 +68,43 @@ impl MirrorSender {
         let released = ring.released_seq();
         MirrorSender {
             gate: AckGate::new(MirrorMode::Mirrored, released),
+            streaming: false,
+            format_pending: false,
             sent_through: released,
+            held_through: released,
             released_sent: released,
         }
+    }
+
+    /// The partner's `StoreState`, at the start of a connection.
+    pub fn on_store_state<R: PersistentRegion>(
+        &mut self,
+        ring: &Ring<R>,
+        format_nonce: u64,
+        epoch: u64,
+        held_through: u64,
+        released_seq: u64,
+    ) -> Result<StoreDecision, AckError> {
+        self.streaming = true;
+        let why = if format_nonce != ring.geometry().format_nonce {
+            Some("the partner's store is of another ring instance, or it has none")
+        } else if epoch != ring.epoch() {
+            Some("the partner's store is of another epoch")
+        } else if held_through > ring.durable_seq() {
+            Some("the partner holds records this node does not (never acknowledged)")
+        } else if held_through < ring.released_seq() || released_seq > ring.released_seq() {
+            Some("this node released records the partner does not hold")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.format_pending = true;
+            return Ok(StoreDecision::Format(why));
+        }
+        self.sent_through = held_through;
+        self.held_through = held_through;
+        self.released_sent = released_seq;
+        Ok(StoreDecision::Resume(self.gate.mirror_durable(held_through, self.sent_through)?))
     }
 
     pub fn gate(&self) -> &AckGate {
@@ -61,13 +120,34 @@ impl MirrorSender {
     /// record has one), into `out` as far as whole frames fit. Returns
     /// the bytes written. No allocation.
     pub fn fill<R: PersistentRegion>(&mut self, ring: &Ring<R>, out: &mut [u8]) -> Result<usize, SendError> {
+        if !self.streaming {
+            return Ok(0);
+        }
+        let mut at = 0;
+        if self.format_pending {
+            let control = ring.control_state();
+            let frame = Frame::StoreFormat {
+                generation: control.generation,
+                epoch: control.epoch,
+                released_seq: control.released_seq,
+                head_offset: control.head_offset,
+                superblock: ring.superblock_bytes(),
+            };
+            if frame.encoded_bytes() > out.len() {
+                return Ok(0);
+            }
+            at += encode(&frame, out)?;
+            self.format_pending = false;
+            self.sent_through = control.released_seq;
+            self.held_through = control.released_seq;
+            self.released_sent = control.released_seq;
+        }
         if ring.released_seq() > self.sent_through {
             return Err(SendError::ReleasedUnsent {
                 released: ring.released_seq(),
                 sent_through: self.sent_through,
             });
         }
-        let mut at = 0;
         // The release first: it frees the partner's space for the records after it.
         let release = ring.released_seq();
         if release > self.released_sent {
@@ -101,7 +181,7 @@ impl MirrorSender {
     /// `medium_through`: not beyond what the partner acknowledged.
     pub fn releasable_through(&self, medium_through: u64) -> u64 {
         match self.gate.mode() {
-            MirrorMode::Mirrored => medium_through.min(self.gate.mirror_through()),
+            MirrorMode::Mirrored => medium_through.min(self.held_through),
             MirrorMode::Degraded => medium_through,
         }
     }
@@ -116,16 +196,20 @@ impl MirrorSender {
     /// Other kinds are not the mirror's (the link handles them): empty.
     pub fn on_frame(&mut self, frame: &Frame<'_>) -> Result<RangeInclusive<u64>, AckError> {
         match frame {
-            Frame::RecordAck { through_seq } => self.gate.mirror_durable(*through_seq, self.sent_through),
+            Frame::RecordAck { through_seq } => {
+                let acked = self.gate.mirror_durable(*through_seq, self.sent_through)?;
+                self.held_through = self.held_through.max(*through_seq);
+                Ok(acked)
+            }
             _ => Ok(self.gate.acked_through() + 1..=self.gate.acked_through()),
         }
     }
 
-    /// A new connection: send again everything after what the partner
-    /// acknowledged, and the release state.
+    /// A new connection: nothing is sent until the partner's `StoreState`
+    /// says where to go on from (or that its store needs a format).
     pub fn reconnected(&mut self) {
-        self.sent_through = self.gate.mirror_through();
-        self.released_sent = 0;
+        self.streaming = false;
+        self.format_pending = false;
     }
 }
 
@@ -156,36 +240,74 @@ pub enum ReceiveError {
     SeqMismatch { frame_seq: u64, header_seq: u64 },
     #[error("Record frame: ring_offset {0} does not fit this machine")]
     Offset(u64),
+    #[error("{0:?} frame before a StoreFormat: this node holds no second store for the owner")]
+    NoStore(crate::ha::link::frame::FrameKind),
+    #[error(
+        "StoreFormat refused: the second store holds {records} records of ring instance {nonce:#x} that are \
+         not on the medium yet (they may be the only other copy of acknowledged writes)"
+    )]
+    WouldDropCopies { records: u64, nonce: u64 },
 }
 
-/// The partner's side of the mirror: the second store for one owner ring.
+/// The partner's side of the mirror: the second store for one owner ring
+/// (or the region it will be formatted in).
 pub struct MirrorReceiver<R: PersistentRegion> {
-    store: Ring<R>,
+    store: Option<Ring<R>>,
+    /// The region, while no store is formatted in it.
+    spare: Option<R>,
 }
 
 impl<R: PersistentRegion> MirrorReceiver<R> {
+    /// A receiver whose second store is `store` (recovered or formatted).
     pub fn new(store: Ring<R>) -> MirrorReceiver<R> {
-        MirrorReceiver { store }
+        MirrorReceiver { store: Some(store), spare: None }
     }
 
-    pub fn store(&self) -> &Ring<R> {
-        &self.store
+    /// A receiver with no second store yet: the owner's `StoreFormat`
+    /// formats one in `region`.
+    pub fn unformatted(region: R) -> MirrorReceiver<R> {
+        MirrorReceiver { store: None, spare: Some(region) }
     }
-    pub fn into_store(self) -> Ring<R> {
-        self.store
+
+    pub fn store(&self) -> Option<&Ring<R>> {
+        self.store.as_ref()
+    }
+
+    /// The `StoreState` this node sends at the start of a connection.
+    pub fn state_frame(&self) -> Frame<'static> {
+        match &self.store {
+            Some(store) => Frame::StoreState {
+                format_nonce: store.geometry().format_nonce,
+                epoch: store.epoch(),
+                held_through: store.durable_seq(),
+                released_seq: store.released_seq(),
+            },
+            None => Frame::StoreState { format_nonce: 0, epoch: 0, held_through: 0, released_seq: 0 },
+        }
     }
 
     /// Handles one frame from the owner. Kinds that are not the mirror's are
     /// ignored here (the link handles them).
     pub fn on_frame(&mut self, frame: &Frame<'_>) -> Result<Reply, ReceiveError> {
         match frame {
+            Frame::StoreFormat { generation, epoch, released_seq, head_offset, superblock } => {
+                let control = ControlState {
+                    generation: *generation,
+                    epoch: *epoch,
+                    released_seq: *released_seq,
+                    head_offset: *head_offset,
+                };
+                self.format(superblock, control)?;
+                Ok(Reply::None)
+            }
             Frame::Record { ring_offset, seq, record, .. } => {
+                let store = self.store.as_mut().ok_or(ReceiveError::NoStore(frame.kind()))?;
                 let header_seq = RecordHeader::decode(record).map_or(0, |h| h.seq);
                 if header_seq != *seq {
                     return Err(ReceiveError::SeqMismatch { frame_seq: *seq, header_seq });
                 }
                 let offset = usize::try_from(*ring_offset).map_err(|_| ReceiveError::Offset(*ring_offset))?;
-                Ok(match self.store.accept_mirrored(offset, record)? {
+                Ok(match store.accept_mirrored(offset, record)? {
                     Accepted::Pad => Reply::None,
                     Accepted::Record { durable_through } | Accepted::Duplicate { durable_through } => {
                         Reply::Ack(durable_through)
@@ -193,15 +315,40 @@ impl<R: PersistentRegion> MirrorReceiver<R> {
                 })
             }
             Frame::Released { released_seq } => {
-                self.store.release_mirrored(*released_seq)?;
+                let store = self.store.as_mut().ok_or(ReceiveError::NoStore(frame.kind()))?;
+                store.release_mirrored(*released_seq)?;
                 Ok(Reply::None)
             }
             _ => Ok(Reply::None),
         }
     }
+
+    fn format(&mut self, superblock: &[u8], control: ControlState) -> Result<(), ReceiveError> {
+        let region_bytes = match (&self.store, &self.spare) {
+            (Some(store), _) => store.region().len(),
+            (None, Some(region)) => region.len(),
+            (None, None) => unreachable!("a receiver always has its store or its region"),
+        };
+        let decoded = Ring::<R>::check_mirror_format(superblock, control, region_bytes)?;
+        if let Some(store) = &self.store {
+            let records = store.durable_seq() - store.released_seq();
+            let nonce = store.geometry().format_nonce;
+            if records > 0 && nonce != decoded.geometry.format_nonce {
+                return Err(ReceiveError::WouldDropCopies { records, nonce });
+            }
+        }
+        let region = match (self.store.take(), self.spare.take()) {
+            (Some(store), _) => store.into_region(),
+            (None, Some(region)) => region,
+            (None, None) => unreachable!("a receiver always has its store or its region"),
+        };
+        self.store = Some(Ring::format_mirror_checked(region, &decoded, superblock, control));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::reversed_empty_ranges)] // `1..=0`: "nothing acknowledged", as the gate returns it
 mod tests {
     use super::*;
     use crate::ha::layout::test_medium;
@@ -248,13 +395,14 @@ mod tests {
                 .expect("second store");
         let mut receiver = MirrorReceiver::new(second);
         let mut sender = MirrorSender::new(&ring);
+        assert_eq!(start(&mut sender, &ring, &receiver), StoreDecision::Resume(1..=0), "seed {seed}");
         let (mut buf_p, mut buf_o) = (vec![0u8; 2 * PAYLOAD_MAX], vec![0u8; 2 * PAYLOAD_MAX]);
         let mut at_partner = FrameDecoder::new(&mut buf_p, PAYLOAD_MAX).expect("decoder");
         let mut at_owner = FrameDecoder::new(&mut buf_o, PAYLOAD_MAX).expect("decoder");
         let mut wire = Wire::default();
         let mut send_buf = vec![0u8; 64 * 1024];
         let mut acked_through = 0u64;
-        let (mut disconnects, mut refused) = (0, 0);
+        let (mut disconnects, mut refused, mut formats) = (0, 0, 0);
         let mut staged = 0u64;
         for step in 0..4000u64 {
             match rng.next_u64() % 16 {
@@ -266,10 +414,7 @@ mod tests {
                     let seq = ring.commit(res, 1, step * 4, blocks as u32).seq;
                     staged += 1;
                     let acked = sender.local_durable(ring.durable_seq());
-                    assert!(
-                        acked.is_empty() || receiver.store().durable_seq() >= *acked.end(),
-                        "seed {seed}"
-                    );
+                    assert!(acked.is_empty() || held(&receiver) >= *acked.end(), "seed {seed}");
                     assert!(seq > acked_through);
                 }
                 // The sender fills the wire.
@@ -290,6 +435,14 @@ mod tests {
                         Err(()) => {
                             refused += 1;
                             reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
+                            for seq in resumed(start(&mut sender, &ring, &receiver)) {
+                                assert_eq!(
+                                    seq,
+                                    acked_through + 1,
+                                    "seed {seed}: acknowledged in order, once"
+                                );
+                                acked_through = seq;
+                            }
                             disconnects += 1;
                         }
                     }
@@ -303,10 +456,7 @@ mod tests {
                         for seq in acked {
                             assert_eq!(seq, acked_through + 1, "seed {seed}: acknowledged in order, once");
                             assert!(ring.durable_seq() >= seq || ring.released_seq() >= seq);
-                            assert!(
-                                receiver.store().durable_seq() >= seq,
-                                "seed {seed}: {seq} acked, not mirrored"
-                            );
+                            assert!(held(&receiver) >= seq, "seed {seed}: {seq} acked, not mirrored");
                             acked_through = seq;
                         }
                     }
@@ -322,7 +472,18 @@ mod tests {
                 // The connection drops with whatever was in flight.
                 13 if rng.next_u64().is_multiple_of(4) => {
                     reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
+                    for seq in resumed(start(&mut sender, &ring, &receiver)) {
+                        assert_eq!(seq, acked_through + 1, "seed {seed}: acknowledged in order, once");
+                        acked_through = seq;
+                    }
                     disconnects += 1;
+                }
+                // The partner loses its second store (a new machine, say): the owner formats it again.
+                15 if rng.next_u64().is_multiple_of(8) => {
+                    receiver = MirrorReceiver::unformatted(MemRegion::new(REGION_BYTES));
+                    formats += 1;
+                    reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
+                    assert!(matches!(start(&mut sender, &ring, &receiver), StoreDecision::Format(_)));
                 }
                 // A byte is damaged in flight.
                 14 if !wire.to_partner.is_empty() && rng.next_u64().is_multiple_of(4) => {
@@ -332,8 +493,8 @@ mod tests {
                 _ => {}
             }
             // The partner never holds less than what it acknowledged, nor more than the owner staged.
-            assert!(receiver.store().durable_seq() <= ring.durable_seq());
-            assert!(receiver.store().released_seq() <= ring.released_seq());
+            assert!(held(&receiver) <= ring.durable_seq());
+            assert!(receiver.store().map_or(0, |s| s.released_seq()) <= ring.released_seq());
         }
         // Quiesce: deliver everything; every staged write ends acknowledged.
         for _ in 0..1000 {
@@ -346,6 +507,10 @@ mod tests {
                 Ok(ack) => ack,
                 Err(()) => {
                     reconnect(&mut wire, &mut at_partner, &mut at_owner, &mut sender);
+                    for seq in resumed(start(&mut sender, &ring, &receiver)) {
+                        assert_eq!(seq, acked_through + 1, "seed {seed}: acknowledged in order, once");
+                        acked_through = seq;
+                    }
                     continue;
                 }
             };
@@ -358,15 +523,19 @@ mod tests {
         }
         assert_eq!(acked_through, ring.durable_seq(), "seed {seed}: every write acknowledged in the end");
         let owner_records: Vec<_> = ring.staged_records().collect();
-        let mirrored: Vec<_> =
-            receiver.store().staged_records().filter(|r| r.seq > ring.released_seq()).collect();
+        let mirrored: Vec<_> = receiver
+            .store()
+            .expect("a second store")
+            .staged_records()
+            .filter(|r| r.seq > ring.released_seq())
+            .collect();
         assert_eq!(owner_records, mirrored, "seed {seed}: the mirror equals the log");
         for info in &owner_records {
-            assert_eq!(ring.record_data(info), receiver.store().record_data(info));
+            assert_eq!(ring.record_data(info), receiver.store().expect("a second store").record_data(info));
         }
         assert!(
-            staged > 100 && disconnects > 0 && refused > 0,
-            "seed {seed}: {staged} {disconnects} {refused}"
+            staged > 100 && disconnects > 0 && refused > 0 && formats > 0,
+            "seed {seed}: {staged} writes, {disconnects} disconnects, {refused} refused, {formats} formats"
         );
     }
 
@@ -388,6 +557,32 @@ mod tests {
             }
         }
         Ok(ack)
+    }
+
+    /// The start of a connection: the partner's StoreState, the owner's decision.
+    fn start(
+        sender: &mut MirrorSender,
+        ring: &Ring<MemRegion>,
+        receiver: &MirrorReceiver<MemRegion>,
+    ) -> StoreDecision {
+        let Frame::StoreState { format_nonce, epoch, held_through, released_seq } = receiver.state_frame()
+        else {
+            unreachable!("state_frame is a StoreState")
+        };
+        sender
+            .on_store_state(ring, format_nonce, epoch, held_through, released_seq)
+            .expect("a sane StoreState")
+    }
+
+    fn resumed(decision: StoreDecision) -> RangeInclusive<u64> {
+        match decision {
+            StoreDecision::Resume(acked) => acked,
+            StoreDecision::Format(_) => 1..=0,
+        }
+    }
+
+    fn held(receiver: &MirrorReceiver<MemRegion>) -> u64 {
+        receiver.store().map_or(0, |s| s.durable_seq())
     }
 
     fn reconnect(
@@ -447,7 +642,10 @@ mod tests {
         }
         sender.local_durable(3);
         let mut buf = vec![0u8; 64 * 1024];
-        sender.fill(&ring, &mut buf).expect("fill");
+        assert_eq!(sender.fill(&ring, &mut buf), Ok(0), "nothing before the partner's StoreState");
+        let nonce = ring.geometry().format_nonce;
+        assert_eq!(sender.on_store_state(&ring, nonce, 1, 0, 0), Ok(StoreDecision::Resume(1..=0)));
+        assert!(sender.fill(&ring, &mut buf).expect("fill") > 0);
         assert_eq!(sender.releasable_through(3), 0, "the medium has them, the partner has not acknowledged");
         let acked = sender.on_frame(&Frame::RecordAck { through_seq: 2 }).expect("ack");
         assert_eq!(acked, 1..=2);
@@ -456,6 +654,111 @@ mod tests {
         // Releasing behind the sender's back is refused, not sent around.
         ring.release_through(3);
         let mut fresh = MirrorSender::new(&owner_ring());
+        fresh.on_store_state(&ring, nonce, 1, 3, 0).expect("state");
+        fresh.sent_through = 0;
         assert!(matches!(fresh.fill(&ring, &mut buf), Err(SendError::ReleasedUnsent { .. })));
+    }
+
+    /// Delivers every frame `sender` has for `receiver` at once; returns the last ack.
+    fn pump(
+        sender: &mut MirrorSender,
+        ring: &Ring<MemRegion>,
+        receiver: &mut MirrorReceiver<MemRegion>,
+    ) -> Option<u64> {
+        let mut wire = vec![0u8; 256 * 1024];
+        let n = sender.fill(ring, &mut wire).expect("fill");
+        let mut buf = vec![0u8; 2 * PAYLOAD_MAX];
+        let mut decoder = FrameDecoder::new(&mut buf, PAYLOAD_MAX).expect("decoder");
+        let mut at = 0;
+        let mut ack = None;
+        while at < n {
+            at += decoder.feed(&wire[at..n]);
+            while let Some(frame) = decoder.next_frame().expect("frame") {
+                if let Reply::Ack(t) = receiver.on_frame(&frame).expect("accepted") {
+                    ack = Some(t);
+                }
+            }
+        }
+        ack
+    }
+
+    #[test]
+    fn a_partner_without_a_store_is_formatted_and_gets_every_unreleased_record() {
+        let mut ring = owner_ring();
+        for i in 0..6 {
+            let res = ring.reserve(4096).expect("space");
+            ring.commit(res, 1, i, 1);
+        }
+        ring.release_through(2);
+        let mut receiver = MirrorReceiver::unformatted(MemRegion::new(REGION_BYTES));
+        let image = ring.mirror_image(3).expect("3");
+        let record = Frame::Record {
+            ring_offset: image.record.offset as u64,
+            seq: 3,
+            epoch: 1,
+            record: image.record.bytes,
+        };
+        assert!(matches!(receiver.on_frame(&record), Err(ReceiveError::NoStore(_))));
+        let mut sender = MirrorSender::new(&ring);
+        assert!(matches!(start(&mut sender, &ring, &receiver), StoreDecision::Format(_)));
+        assert_eq!(pump(&mut sender, &ring, &mut receiver), Some(6));
+        let store = receiver.store().expect("formatted");
+        assert_eq!(store.released_seq(), 2);
+        assert_eq!(store.staged_records().collect::<Vec<_>>(), ring.staged_records().collect::<Vec<_>>());
+        let acked = sender.on_frame(&Frame::RecordAck { through_seq: 6 }).expect("ack");
+        assert!(acked.is_empty(), "mirrored, but not yet durable locally as far as the gate knows");
+        assert_eq!(sender.local_durable(6), 3..=6, "2 and below were released before the gate existed");
+    }
+
+    #[test]
+    fn a_partner_ahead_of_the_owner_is_formatted_and_one_with_another_rings_records_refuses() {
+        // The partner holds record 4, which the owner lost in a crash (never acknowledged).
+        let mut ring = owner_ring();
+        for i in 0..4 {
+            let res = ring.reserve(4096).expect("space");
+            ring.commit(res, 1, i, 1);
+        }
+        let mut receiver = MirrorReceiver::new(
+            Ring::format_mirror(MemRegion::new(REGION_BYTES), ring.superblock_bytes(), ring.control_state())
+                .expect("second store"),
+        );
+        let mut sender = MirrorSender::new(&ring);
+        assert_eq!(start(&mut sender, &ring, &receiver), StoreDecision::Resume(1..=0));
+        assert_eq!(pump(&mut sender, &ring, &mut receiver), Some(4));
+        let mut restarted = owner_ring();
+        for i in 0..3 {
+            let res = restarted.reserve(4096).expect("space");
+            restarted.commit(res, 1, i, 1);
+        }
+        let mut sender = MirrorSender::new(&restarted);
+        let decision = start(&mut sender, &restarted, &receiver);
+        assert!(matches!(decision, StoreDecision::Format(why) if why.contains("does not")), "{decision:?}");
+        assert_eq!(pump(&mut sender, &restarted, &mut receiver), Some(3));
+        assert_eq!(receiver.store().expect("store").durable_seq(), 3, "the unacknowledged record 4 is gone");
+
+        // Another ring instance's records not yet on the medium are not formatted away.
+        let config = RingConfig {
+            owner_node_id: 1,
+            created_epoch: 1,
+            format_nonce: 0x99,
+            record_align_bytes: 4096,
+            medium: test_medium(1),
+        };
+        let other = Ring::format(MemRegion::new(REGION_BYTES), &config).expect("format");
+        let mut sender = MirrorSender::new(&other);
+        assert!(matches!(start(&mut sender, &other, &receiver), StoreDecision::Format(_)));
+        let control = other.control_state();
+        let format = Frame::StoreFormat {
+            generation: control.generation,
+            epoch: control.epoch,
+            released_seq: control.released_seq,
+            head_offset: control.head_offset,
+            superblock: other.superblock_bytes(),
+        };
+        assert_eq!(
+            receiver.on_frame(&format),
+            Err(ReceiveError::WouldDropCopies { records: 3, nonce: 0x77 })
+        );
+        assert_eq!(receiver.store().expect("store").durable_seq(), 3, "the store is left as it was");
     }
 }

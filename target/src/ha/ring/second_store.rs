@@ -119,14 +119,24 @@ impl<R: PersistentRegion> Ring<R> {
     /// owner, so both checked): empty, expecting record `released_seq + 1`
     /// at the head. Destroys what the region held.
     pub fn format_mirror(
-        mut region: R,
+        region: R,
         superblock: &[u8],
         control: ControlState,
     ) -> Result<Ring<R>, MirrorError> {
+        let decoded = Ring::<R>::check_mirror_format(superblock, control, region.len())?;
+        Ok(Ring::format_mirror_checked(region, &decoded, superblock, control))
+    }
+
+    /// Checks what `format_mirror` would be given, without a region: the
+    /// superblock (for a region of `region_bytes`) and the control state.
+    pub fn check_mirror_format(
+        superblock: &[u8],
+        control: ControlState,
+        region_bytes: usize,
+    ) -> Result<Superblock, MirrorError> {
         if superblock.len() != SUPERBLOCK_BYTES {
             return Err(MirrorError::SuperblockLength { len: superblock.len() });
         }
-        let region_bytes = region.len();
         let decoded = Superblock::decode(superblock, region_bytes)?;
         let geometry = decoded.geometry;
         let align = geometry.record_align_bytes as u64;
@@ -136,12 +146,22 @@ impl<R: PersistentRegion> Ring<R> {
         if control.generation == 0 {
             return Err(MirrorError::Control("generation 0 is never written"));
         }
+        Ok(decoded)
+    }
+
+    /// `format_mirror` after `check_mirror_format` accepted the same input.
+    pub fn format_mirror_checked(
+        mut region: R,
+        decoded: &Superblock,
+        superblock: &[u8],
+        control: ControlState,
+    ) -> Ring<R> {
         let bytes = region.bytes_mut();
         bytes[..SUPERBLOCK_BYTES].copy_from_slice(&superblock[..SUPERBLOCK_BYTES]);
         bytes[CONTROL_OFFSET..CONTROL_OFFSET + 4096].fill(0);
         control.encode(&mut bytes[ControlState::slot_offset(control.generation)..]);
         region.persist(0, CONTROL_OFFSET + 4096);
-        Ok(Ring::assemble(region, decoded, control, &[], 0))
+        Ring::assemble(region, decoded.clone(), control, &[], 0)
     }
 
     /// Checks a mirrored range from the partner and, if it is the next pad or

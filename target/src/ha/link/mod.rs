@@ -14,6 +14,10 @@
 //! store and answers `FailedDone` of the same batch. Both sides send
 //! `Heartbeat` on a timer and echo the last one received; `Goodbye` closes.
 //!
+//! Right after authenticating, the partner sends `StoreState` (what its
+//! second store for this owner holds); the owner streams on from there or
+//! sends `StoreFormat` first (see `ha::mirror`, which implements both ends).
+//!
 //! Connecting (both sides):
 //! 1. TCP connect/accept; `Handshake::new(config, auth::fresh_nonce()?)`
 //!    with the role `Initiator` on the dialling side and `Acceptor` on the

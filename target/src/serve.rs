@@ -27,9 +27,7 @@ use crate::backend::{Backend, FaultBackend, FaultControl, FileBackend, RamBacken
 use crate::config::{BackendKind, Config, NamespaceConfig, PollMode, StagingConfig, StagingDomain};
 use crate::ctrl::{NamespaceGeometry, TargetState};
 use crate::ha::layout::{MediumKind, CONTROL_OFFSET};
-use crate::ha::{
-    Binding, DrainProgress, DrainWait, FlusherConfig, MediumIdentity, RingConfig, ScanReport, StagingLog,
-};
+use crate::ha::{Binding, DrainProgress, DrainWait, FlusherConfig, MediumIdentity, RingConfig, StagingLog};
 use crate::metrics::{GroupMetrics, MetricsServer, NodeCollector, StagingSource};
 use crate::nvmf_rpc;
 use crate::progress::Progress;
@@ -512,20 +510,20 @@ fn open_staging(
     };
     let binding = Binding { medium, adopt_foreign: adopt_staging };
     let mut progress: Option<Progress> = None;
-    let mut last = DrainProgress { records_total: 0, records_done: 0, bytes_done: 0 };
-    let mut observe = |scan: &ScanReport, p: DrainProgress| {
-        last = p;
+    let mut last = None;
+    let mut observe = |p: DrainProgress| {
+        last = Some(p);
         if p.records_total > 0 {
             progress
                 .get_or_insert_with(|| {
-                    Progress::new("replaying staged writes", ns.nsid, p.records_total, scan.data_bytes_found)
+                    Progress::new("replaying staged writes", ns.nsid, p.records_total, p.bytes_total)
                 })
                 .update(p.records_done, p.bytes_done);
         }
     };
     let recovered =
         StagingLog::recover_observed(region, 0, &binding, flusher, backend, wait, &mut foreign, &mut observe);
-    if let Some(progress) = progress.as_mut() {
+    if let (Some(progress), Some(last)) = (progress.as_mut(), last) {
         progress.finish(last.records_done, last.bytes_done);
     }
     let (log, report) = recovered.map_err(|e| {

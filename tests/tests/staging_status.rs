@@ -147,6 +147,19 @@ fn sigterm_drains_staged_writes_to_the_medium() {
     let drained = log.lines().find(|l| l.contains("staged writes drained to the medium"));
     assert!(drained.is_some(), "{log}");
     eprintln!("{}", drained.unwrap_or_default());
+    // A drain that had work shows its progress, ending with every record.
+    let clean = staging_support::strip_ansi(&log);
+    let records = clean
+        .lines()
+        .find(|l| l.contains("staged writes drained to the medium"))
+        .and_then(|l| l.split(" records=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no records= in the drain line:\n{clean}"));
+    if records > 0 {
+        let last = format!("ns 1: draining staged writes to the medium: {records}/{records} records (100%)");
+        assert!(clean.contains(&last), "no final progress line {last:?}:\n{clean}");
+    }
     for &(lba, blocks) in &writes {
         if let Some(d) = first_difference(lba, &node.read_medium(1, lba, blocks), &pattern(lba, blocks, 3)) {
             panic!("medium after a clean stop: {d}");

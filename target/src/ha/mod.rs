@@ -96,7 +96,18 @@ pub struct RecoveryReport {
 pub struct DrainProgress {
     pub records_total: u64,
     pub records_done: u64,
+    pub bytes_total: u64,
     pub bytes_done: u64,
+}
+
+/// Where a drain started ([`StagingLog::drain_start`]): what its progress
+/// counts from, and the sequence it must release through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainStart {
+    pub target_seq: u64,
+    released_seq: u64,
+    bytes_durable: u64,
+    bytes_total: u64,
 }
 
 /// How `drain_all` waits: the clock, what to do when idle, and the deadline.
@@ -155,7 +166,7 @@ impl<R: PersistentRegion> StagingLog<R> {
         wait: DrainWait<C, W>,
         foreign: &mut Vec<BackendCompletion>,
     ) -> Result<(Self, RecoveryReport), StagingError> {
-        let mut quiet = |_: &ScanReport, _: DrainProgress| {};
+        let mut quiet = |_: DrainProgress| {};
         StagingLog::recover_observed(
             region,
             epoch_at_least,
@@ -168,8 +179,8 @@ impl<R: PersistentRegion> StagingLog<R> {
         )
     }
 
-    /// `recover`, calling `observe` with the scan's findings and the replay's
-    /// progress once per drain pass (for a progress line).
+    /// `recover`, calling `observe` with the replay's progress once per
+    /// drain pass (for a progress line).
     #[allow(clippy::too_many_arguments)]
     pub fn recover_observed<B: Backend, C: FnMut() -> u64, W: FnMut()>(
         region: R,
@@ -179,11 +190,11 @@ impl<R: PersistentRegion> StagingLog<R> {
         backend: &mut B,
         wait: DrainWait<C, W>,
         foreign: &mut Vec<BackendCompletion>,
-        observe: &mut dyn FnMut(&ScanReport, DrainProgress),
+        observe: &mut dyn FnMut(DrainProgress),
     ) -> Result<(Self, RecoveryReport), StagingError> {
         let (mut log, scan) = StagingLog::open(region, epoch_at_least, binding, flusher_config)?;
         let before = log.flusher.stats();
-        log.drain_all_observed(backend, wait, foreign, &mut |p| observe(&scan, p))?;
+        log.drain_all_observed(backend, wait, foreign, observe)?;
         let after = log.flusher.stats();
         let report = RecoveryReport {
             scan,
@@ -390,16 +401,11 @@ impl<R: PersistentRegion> StagingLog<R> {
         foreign: &mut Vec<BackendCompletion>,
         observe: &mut dyn FnMut(DrainProgress),
     ) -> Result<u64, StagingError> {
-        let target_seq = self.ring.durable_seq();
-        let released_before = self.ring.released_seq();
-        let bytes_before = self.flusher.stats().bytes_durable;
+        let start = self.drain_start();
+        let target_seq = start.target_seq;
         let mut completions = std::mem::take(&mut self.completions);
         let result = loop {
-            observe(DrainProgress {
-                records_total: target_seq - released_before,
-                records_done: self.ring.released_seq() - released_before,
-                bytes_done: self.flusher.stats().bytes_durable - bytes_before,
-            });
+            observe(self.drain_progress(&start));
             if self.ring.released_seq() >= target_seq {
                 break Ok(target_seq);
             }
@@ -426,6 +432,28 @@ impl<R: PersistentRegion> StagingLog<R> {
         };
         self.completions = completions;
         result
+    }
+
+    /// A drain of everything durable now starts here (for `drain_progress`).
+    pub fn drain_start(&self) -> DrainStart {
+        let bytes_total =
+            self.ring.staged_records().filter(|r| !r.cancelled).map(|r| r.data_len as u64).sum();
+        DrainStart {
+            target_seq: self.ring.durable_seq(),
+            released_seq: self.ring.released_seq(),
+            bytes_durable: self.flusher.stats().bytes_durable,
+            bytes_total,
+        }
+    }
+
+    /// How far the drain that began at `start` got.
+    pub fn drain_progress(&self, start: &DrainStart) -> DrainProgress {
+        DrainProgress {
+            records_total: start.target_seq - start.released_seq,
+            records_done: self.ring.released_seq().min(start.target_seq) - start.released_seq,
+            bytes_total: start.bytes_total,
+            bytes_done: self.flusher.stats().bytes_durable - start.bytes_durable,
+        }
     }
 
     /// Starts a new epoch; only when nothing is staged.

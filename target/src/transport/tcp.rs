@@ -492,25 +492,17 @@ impl PollGroup {
         for m in self.media.iter_mut().flatten() {
             let NsMedia { backend, staged } = m;
             let Some(st) = staged.as_mut() else { continue };
-            let target = st.log.durable_seq();
-            let released_before = st.log.released_seq();
-            let bytes_before = st.log.stats().flusher.bytes_durable;
-            let staged_bytes = st.log.stats().staged_bytes;
-            let mut progress = (target > released_before).then(|| {
-                crate::progress::Progress::new(
-                    "draining staged writes to the medium",
-                    st.nsid,
-                    target - released_before,
-                    staged_bytes,
-                )
+            let from = st.log.drain_start();
+            let target = from.target_seq;
+            let at_start = st.log.drain_progress(&from);
+            let mut progress = (at_start.records_total > 0).then(|| {
+                let what = "draining staged writes to the medium";
+                crate::progress::Progress::new(what, st.nsid, at_start.records_total, at_start.bytes_total)
             });
-            let done = |log: &crate::ha::StagingLog<_>| {
-                (log.released_seq() - released_before, log.stats().flusher.bytes_durable - bytes_before)
-            };
             let outcome = loop {
                 if let Some(p) = progress.as_mut() {
-                    let (records, bytes) = done(&st.log);
-                    p.update(records, bytes);
+                    let now = st.log.drain_progress(&from);
+                    p.update(now.records_done, now.bytes_done);
                 }
                 if st.log.released_seq() >= target {
                     break Ok(());
@@ -536,13 +528,13 @@ impl PollGroup {
                 }
             };
             if let Some(p) = progress.as_mut() {
-                let (records, bytes) = done(&st.log);
-                p.finish(records, bytes);
+                let now = st.log.drain_progress(&from);
+                p.finish(now.records_done, now.bytes_done);
             }
             match outcome {
                 Ok(()) => info!(
                     nsid = st.nsid,
-                    records = target.saturating_sub(released_before),
+                    records = at_start.records_total,
                     released_seq = target,
                     "staged writes drained to the medium"
                 ),

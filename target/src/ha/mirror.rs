@@ -117,7 +117,9 @@ impl MirrorSender {
     /// Encodes a `Released` if the ring released more since the last one
     /// (first, so the partner frees space before the records after it), then
     /// `Record` frames for the durable records not yet sent (pad first where a
-    /// record has one), into `out` as far as whole frames fit. Returns
+    /// record has one), into `out` as far as whole frames fit. This copies
+    /// each record into `out`; the socket side will `writev` the prefix and
+    /// the ring bytes instead (`encode_record_prefix`), which saves that copy. Returns
     /// the bytes written. No allocation.
     pub fn fill<R: PersistentRegion>(&mut self, ring: &Ring<R>, out: &mut [u8]) -> Result<usize, SendError> {
         if !self.streaming {
@@ -126,13 +128,7 @@ impl MirrorSender {
         let mut at = 0;
         if self.format_pending {
             let control = ring.control_state();
-            let frame = Frame::StoreFormat {
-                generation: control.generation,
-                epoch: control.epoch,
-                released_seq: control.released_seq,
-                head_offset: control.head_offset,
-                superblock: ring.superblock_bytes(),
-            };
+            let frame = store_format_frame(ring);
             if frame.encoded_bytes() > out.len() {
                 return Ok(0);
             }
@@ -210,6 +206,18 @@ impl MirrorSender {
     pub fn reconnected(&mut self) {
         self.streaming = false;
         self.format_pending = false;
+    }
+}
+
+/// The `StoreFormat` that makes a second store a fresh copy of `ring`.
+pub fn store_format_frame<R: PersistentRegion>(ring: &Ring<R>) -> Frame<'_> {
+    let control = ring.control_state();
+    Frame::StoreFormat {
+        generation: control.generation,
+        epoch: control.epoch,
+        released_seq: control.released_seq,
+        head_offset: control.head_offset,
+        superblock: ring.superblock_bytes(),
     }
 }
 
@@ -747,14 +755,7 @@ mod tests {
         let other = Ring::format(MemRegion::new(REGION_BYTES), &config).expect("format");
         let mut sender = MirrorSender::new(&other);
         assert!(matches!(start(&mut sender, &other, &receiver), StoreDecision::Format(_)));
-        let control = other.control_state();
-        let format = Frame::StoreFormat {
-            generation: control.generation,
-            epoch: control.epoch,
-            released_seq: control.released_seq,
-            head_offset: control.head_offset,
-            superblock: other.superblock_bytes(),
-        };
+        let format = store_format_frame(&other);
         assert_eq!(
             receiver.on_frame(&format),
             Err(ReceiveError::WouldDropCopies { records: 3, nonce: 0x77 })

@@ -194,7 +194,6 @@ impl<R: PersistentRegion> Ring<R> {
         let align = self.geometry.record_align_bytes as u64;
         let area = self.geometry.area_bytes;
         let tail_offset = self.tail_pos % area;
-        let pad_pending = self.pad_start.is_some();
         let crc_ok = |data: &[u8]| RecordHeader::crc_matches(header_bytes, data);
         if let (true, Some(pad_start)) = (is_pad, self.pad_start) {
             // The pad again (a resend after the connection dropped between
@@ -211,11 +210,9 @@ impl<R: PersistentRegion> Ring<R> {
             return Err(MirrorError::Misplaced { seq, offset, expected });
         }
         if is_pad {
-            if pad_pending || tail_offset == 0 || header.data_len != 0 {
-                return Err(MirrorError::Shape {
-                    seq,
-                    reason: "a pad must be alone, not at offset 0, with no data",
-                });
+            // (A second pad while one is pending was refused above.)
+            if tail_offset == 0 || header.data_len != 0 {
+                return Err(MirrorError::Shape { seq, reason: "a pad is never at offset 0 and has no data" });
             }
             if bytes.len() != RECORD_HEADER_BYTES {
                 return Err(MirrorError::Length { seq, len: bytes.len(), data_len: 0 });

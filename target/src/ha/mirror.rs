@@ -390,7 +390,14 @@ mod tests {
 
     #[test]
     fn acknowledged_writes_are_in_both_stores_through_partial_delivery_disconnects_and_corruption() {
-        for seed in 1..=8u64 {
+        // CI runs seeds 1..=8; TANDEM_SIM_SEEDS=N runs 1..=N. A failure names
+        // its seed in the panic message ("seed N: ..."); replay one with
+        // TANDEM_SIM_SEEDS=N (it runs 1..=N).
+        // Seeds that once failed stay in the CI set: 29 (acks still in flight
+        // when the run quiesced) and 163 (the partner lost its store after
+        // the last write was acknowledged, and was not caught up again).
+        let seeds = std::env::var("TANDEM_SIM_SEEDS").ok().and_then(|n| n.parse::<u64>().ok()).unwrap_or(8);
+        for seed in (1..=seeds).chain([29, 163]) {
             run(seed);
         }
     }
@@ -504,9 +511,20 @@ mod tests {
             assert!(held(&receiver) <= ring.durable_seq());
             assert!(receiver.store().map_or(0, |s| s.released_seq()) <= ring.released_seq());
         }
-        // Quiesce: deliver everything; every staged write ends acknowledged.
+        // Quiesce: deliver everything (acks still in flight first); every
+        // staged write ends acknowledged.
+        let taken = at_owner.feed(&wire.to_owner);
+        wire.to_owner.drain(..taken);
+        while let Some(frame) = at_owner.next_frame().expect("acks are well formed") {
+            for seq in sender.on_frame(&frame).expect("ack for what was sent") {
+                assert_eq!(seq, acked_through + 1, "seed {seed}: acknowledged in order, once");
+                acked_through = seq;
+            }
+        }
         for _ in 0..1000 {
-            if acked_through == ring.durable_seq() {
+            // Until every write is acknowledged and the partner holds all of
+            // them again (after a late format it holds less than was acked).
+            if acked_through == ring.durable_seq() && held(&receiver) == ring.durable_seq() {
                 break;
             }
             let n = sender.fill(&ring, &mut send_buf).expect("fill");
@@ -533,7 +551,7 @@ mod tests {
         let owner_records: Vec<_> = ring.staged_records().collect();
         let mirrored: Vec<_> = receiver
             .store()
-            .expect("a second store")
+            .unwrap_or_else(|| panic!("seed {seed}: no second store at the end"))
             .staged_records()
             .filter(|r| r.seq > ring.released_seq())
             .collect();

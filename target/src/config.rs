@@ -54,6 +54,53 @@ pub struct Config {
     /// The persistent staging log (first store); None: every namespace is
     /// write-through.
     pub staging: Option<StagingConfig>,
+    /// This node's half of an HA pair; None: a single node.
+    pub pair: Option<PairConfig>,
+}
+
+/// This node's half of an HA pair (`[pair]`): the interconnect to the
+/// partner, which groups this node owns, and what writes do while the
+/// partner is away.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairConfig {
+    /// This node's id on the interconnect (the partner's must differ).
+    pub node_id: u64,
+    /// The partner's node name (logs and status).
+    pub partner: String,
+    pub partner_id: u64,
+    /// Where this node accepts the partner's mirror connections.
+    pub listen: SocketAddr,
+    /// Where the partner accepts this node's.
+    pub partner_addr: SocketAddr,
+    pub key: crate::ha::link::auth::LinkKey,
+    /// ANA groups this node owns: it stages and writes their namespaces, and
+    /// keeps a second store for each namespace of the partner's groups.
+    pub home_groups: Vec<u32>,
+    /// Bytes of each second store (a copy of one of the partner's rings: the
+    /// partner's `staging.ring_size`).
+    pub second_store_bytes: u64,
+    pub partner_away: PartnerAway,
+    /// No frame from the partner for this long: it is away.
+    pub partner_timeout_ms: u64,
+}
+
+impl PairConfig {
+    pub fn owns_group(&self, group: u32) -> bool {
+        self.home_groups.contains(&group)
+    }
+}
+
+/// What a write does while the partner cannot hold its copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartnerAway {
+    /// Complete with the one persistent copy, and say so loudly (status
+    /// "degraded"); the mirror is resynced when the partner returns.
+    WriteBack,
+    /// Complete once the write is on the medium.
+    WriteThrough,
+    /// Wait until the partner is back (the host's timeout applies).
+    Stall,
 }
 
 /// Where staged writes are kept before they reach the medium.
@@ -287,6 +334,128 @@ kato_default_ms = 120000        # keep-alive timeout of discovery controllers co
 anatt_s = 10                    # ANA transition time reported to hosts (ANATT), 1..=255
 "#;
 
+/// The example pair: `tandem config example --node a` and `--node b` print
+/// the two configs of a pair on loopback that run as printed from one
+/// working directory (tested): one shared medium directory, each node its own
+/// shm domain, nsid 1 in ANA group 1 homed on a, nsid 2 in group 2 on b.
+pub fn pair_example(node: char) -> Option<String> {
+    let (me, other, id, partner_id, cntlid, port, remote, listen, partner_addr, home, ana) = match node {
+        'a' => (
+            "a",
+            "b",
+            1,
+            2,
+            ("1", "0x7fff"),
+            (1, 4420),
+            (2, 4421),
+            4430,
+            4431,
+            1,
+            ("optimized", "inaccessible"),
+        ),
+        'b' => (
+            "b",
+            "a",
+            2,
+            1,
+            ("0x8000", "0xffef"),
+            (2, 4421),
+            (1, 4420),
+            4431,
+            4430,
+            2,
+            ("inaccessible", "optimized"),
+        ),
+        _ => return None,
+    };
+    Some(
+        PAIR_EXAMPLE
+            .replace("{me}", me)
+            .replace("{other}", other)
+            .replace("{id}", &id.to_string())
+            .replace("{partner_id}", &partner_id.to_string())
+            .replace("{cntlid_min}", cntlid.0)
+            .replace("{cntlid_max}", cntlid.1)
+            .replace("{port_id}", &port.0.to_string())
+            .replace("{port}", &port.1.to_string())
+            .replace("{remote_id}", &remote.0.to_string())
+            .replace("{remote}", &remote.1.to_string())
+            .replace("{listen}", &listen.to_string())
+            .replace("{partner_addr}", &partner_addr.to_string())
+            .replace("{home}", &home.to_string())
+            .replace("{ana1}", ana.0)
+            .replace("{ana2}", ana.1),
+    )
+}
+
+const PAIR_EXAMPLE: &str = r#"# Tandem pair, node {me}. Its partner: `tandem config example --node {other}`.
+# Both run from the same working directory; the medium files in tandem-pair/shared
+# are opened by both nodes, and each node writes only the namespaces of its own groups.
+
+[node]
+name = "{me}"
+cntlid_min = {cntlid_min}                 # the two nodes' controller ID ranges are disjoint
+cntlid_max = {cntlid_max}
+cores = [0]
+poll = "adaptive"
+data_dir = "tandem-pair/{me}"
+rpc_socket = "tandem-pair/{me}.sock" # `tandem rpc --socket tandem-pair/{me}.sock status`
+
+[[ports]]
+id = {port_id}
+transport = "tcp"
+addr = "127.0.0.1:{port}"
+ana = { 1 = "{ana1}", 2 = "{ana2}" }   # the owner's groups optimized, the partner's inaccessible
+
+[[remote_ports]]                # the partner's port, listed by this node's discovery controller
+id = {remote_id}
+transport = "tcp"
+addr = "127.0.0.1:{remote}"
+
+[[subsystems]]                  # the same subsystem, serial and namespace ids on both nodes
+nqn = "nqn.2026-11.io.tandem:pair"
+serial = "TANDEMPAIR1"
+model = "Tandem"
+allow_any_host = true
+
+[[subsystems.namespaces]]
+nsid = 1
+ana_group = 1                   # homed on node a
+backend = "file"
+path = "../shared/ns1.img"      # relative to data_dir: tandem-pair/shared/ns1.img
+size = "1GiB"
+block_size = 4096
+
+[[subsystems.namespaces]]
+nsid = 2
+ana_group = 2                   # homed on node b
+backend = "file"
+path = "../shared/ns2.img"
+size = "1GiB"
+block_size = 4096
+
+[staging]
+domain = "shm"                  # each node its own shm domain (see `tandem config example`)
+ring_size = "64MiB"
+
+[pair]
+node_id = {id}                     # this node's id on the interconnect
+partner = "{other}"
+partner_id = {partner_id}
+listen = "127.0.0.1:{listen}"      # the interconnect: the partner mirrors into this node here
+partner_addr = "127.0.0.1:{partner_addr}"
+# The shared key (64 to 512 hex digits), the same on both nodes. This one is
+# an example: make your own (`head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'`)
+# and prefer key_file = "PATH" (first line, hex; not readable by all users).
+key = "54616e64656d206578616d706c65206b65792c207265706c6163652069742121"
+home_groups = [{home}]            # the ANA groups this node owns
+# second_store_size = "64MiB"   # optional, default staging.ring_size: each copy of a partner ring
+partner_away = "write-back"     # while the partner is away: "write-back" (one persistent copy,
+                                #   status degraded), "write-through" (complete when on the
+                                #   medium) or "stall" (wait for the partner)
+# partner_timeout_ms = 1000     # optional: no frame from the partner this long = away
+"#;
+
 // ---- raw shapes, as serde reads them ----
 
 #[derive(Deserialize)]
@@ -302,6 +471,23 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     staging: Option<RawStaging>,
+    pair: Option<RawPair>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    node_id: u64,
+    partner: String,
+    partner_id: u64,
+    listen: String,
+    partner_addr: String,
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    home_groups: Vec<u32>,
+    second_store_size: Option<toml::Value>,
+    partner_away: PartnerAway,
+    partner_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -682,7 +868,111 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
-    Ok(Config { node, ports, remote_ports, subsystems, limits, staging })
+    let pair = match raw.pair {
+        None => None,
+        Some(p) => Some(convert_pair(p, &node, staging.as_ref(), &subsystems)?),
+    };
+    let mut ports = ports;
+    if let Some(pair) = &pair {
+        // Through this node's ports a group it owns is optimized and one of
+        // the partner's inaccessible, unless the port says otherwise.
+        let groups: Vec<u32> =
+            subsystems.iter().flat_map(|s| s.namespaces.iter().map(|n| n.ana_group)).collect();
+        for port in ports.iter_mut() {
+            for &g in &groups {
+                let default = if pair.owns_group(g) { AnaState::Optimized } else { AnaState::Inaccessible };
+                port.ana.entry(g).or_insert(default);
+            }
+        }
+    }
+    Ok(Config { node, ports, remote_ports, subsystems, limits, staging, pair })
+}
+
+fn convert_pair(
+    p: RawPair,
+    node: &NodeConfig,
+    staging: Option<&StagingConfig>,
+    subsystems: &[SubsystemConfig],
+) -> Result<PairConfig, ConfigError> {
+    use crate::ha::link::auth::LinkKey;
+    let Some(staging) = staging else {
+        return Err(field_error("pair", "a pair mirrors the staging log: add a [staging] section"));
+    };
+    if p.node_id == 0 {
+        return Err(field_error("pair.node_id", "must be at least 1"));
+    }
+    if p.partner_id == 0 || p.partner_id == p.node_id {
+        return Err(field_error("pair.partner_id", "must be at least 1 and differ from pair.node_id"));
+    }
+    if p.partner.trim().is_empty() || p.partner == node.name {
+        return Err(field_error("pair.partner", "name the partner node (not empty, not node.name)"));
+    }
+    let listen: SocketAddr = p
+        .listen
+        .parse()
+        .map_err(|_| field_error("pair.listen", format!("{:?} is not an IP:port address", p.listen)))?;
+    let partner_addr: SocketAddr = p.partner_addr.parse().map_err(|_| {
+        field_error("pair.partner_addr", format!("{:?} is not an IP:port address", p.partner_addr))
+    })?;
+    if partner_addr == listen {
+        return Err(field_error("pair.partner_addr", "is this node's own pair.listen"));
+    }
+    let key = match (p.key, p.key_file) {
+        (Some(hex), None) => {
+            LinkKey::from_hex(&hex, "pair.key").map_err(|e| field_error("pair.key", strip(&e)))?
+        }
+        (None, Some(file)) => {
+            LinkKey::from_file(&file).map_err(|e| field_error("pair.key_file", strip(&e)))?
+        }
+        _ => return Err(field_error("pair.key", "give exactly one of pair.key and pair.key_file")),
+    };
+    if p.home_groups.is_empty() {
+        return Err(field_error("pair.home_groups", "list the ANA groups this node owns"));
+    }
+    for (i, &g) in p.home_groups.iter().enumerate() {
+        check_group(g, &format!("pair.home_groups[{i}]"))?;
+    }
+    let namespaces = || subsystems.iter().flat_map(|s| s.namespaces.iter());
+    if let Some(ns) = namespaces().find(|n| n.write_through) {
+        return Err(field_error(
+            "pair",
+            format!(
+                "namespace {} is write_through: every namespace of a pair is staged and mirrored",
+                ns.nsid
+            ),
+        ));
+    }
+    let second_store_bytes = match &p.second_store_size {
+        None => staging.ring_bytes,
+        Some(v) => parse_size(v).filter(|b| *b >= 1 << 20 && b % 4096 == 0).ok_or_else(|| {
+            field_error("pair.second_store_size", "expected a size of at least \"1MiB\", a multiple of 4KiB")
+        })?,
+    };
+    let partner_timeout_ms = p.partner_timeout_ms.unwrap_or(1000);
+    if !(50..=60_000).contains(&partner_timeout_ms) {
+        return Err(field_error("pair.partner_timeout_ms", "must lie in 50..=60000"));
+    }
+    Ok(PairConfig {
+        node_id: p.node_id,
+        partner: p.partner,
+        partner_id: p.partner_id,
+        listen,
+        partner_addr,
+        key,
+        home_groups: p.home_groups,
+        second_store_bytes,
+        partner_away: p.partner_away,
+        partner_timeout_ms,
+    })
+}
+
+/// A key error's text without its own field prefix (the config error adds it).
+fn strip(e: &crate::ha::link::auth::KeyError) -> String {
+    let text = e.to_string();
+    match text.split_once(": ") {
+        Some((_, rest)) => rest.to_string(),
+        None => text,
+    }
 }
 
 fn convert_ports(

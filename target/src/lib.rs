@@ -9,6 +9,7 @@ pub mod demo;
 pub mod ha;
 pub mod metrics;
 pub mod nvmf_rpc;
+pub mod pair;
 pub mod progress;
 pub mod rpc;
 pub mod serve;

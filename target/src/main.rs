@@ -72,8 +72,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Print a commented config that `tandem serve` runs as printed.
-    Example,
+    /// Print a commented config that `tandem serve` runs as printed: a single
+    /// node, or with `--node a` / `--node b` the two nodes of a loopback pair.
+    Example {
+        /// Print node a's or node b's config of the example pair.
+        #[arg(long)]
+        node: Option<char>,
+    },
     /// Parse and validate a config file; print the first error, naming its field.
     Check {
         #[arg(long)]
@@ -118,9 +123,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::run(cfg, poll.as_deref(), adopt_staging)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Example } => {
+        Command::Config { command: ConfigCommand::Example { node: None } } => {
             print!("{}", config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Example { node: Some(node) } } => {
+            match config::pair_example(node) {
+                Some(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("--node: {node:?} is not a or b (the example pair's nodes)");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
         Command::Config { command: ConfigCommand::Check { config } } => match config::Config::load(&config) {
             Ok(_) => {

@@ -30,6 +30,9 @@ use crate::ha::layout::{MediumKind, CONTROL_OFFSET};
 use crate::ha::{Binding, DrainProgress, DrainWait, FlusherConfig, MediumIdentity, RingConfig, StagingLog};
 use crate::metrics::{GroupMetrics, MetricsServer, NodeCollector, StagingSource};
 use crate::nvmf_rpc;
+use crate::pair::owner::{MirrorLink, MirrorState, MirrorStatus};
+use crate::pair::partner::SecondStore;
+use crate::pair::{dialer, LinkCounters};
 use crate::progress::Progress;
 use crate::rpc::{self, RpcFault, RpcHandler, RpcServer};
 use crate::transport::media::{NsMedia, Staged, StagingStatus};
@@ -46,11 +49,15 @@ const TICK_INTERVAL_MS: u64 = 20;
 
 const TOKEN_LISTENER: u64 = 1 << 40;
 const TOKEN_BACKEND: u64 = 1 << 41;
+/// A mirror link's socket: watched only to wake the reactor.
+const TOKEN_MIRROR: u64 = 1 << 42;
 
 /// Messages between reactors.
 pub enum NodeMessage {
     /// A connection accepted by reactor 0 for this reactor.
     Connection { stream: TcpStream, port_id: u16 },
+    /// A mirror connection the dialer made for one of this reactor's rings.
+    MirrorAttached(Box<crate::pair::dialer::Attached>),
 }
 
 /// One opened namespace medium, from which each reactor takes its handle.
@@ -126,7 +133,7 @@ impl NodeApp {
     fn note_ready(&mut self, token: u64, _ready: reactor::Readiness) {
         if token & TOKEN_LISTENER != 0 {
             self.accept_pending = true;
-        } else if token & TOKEN_BACKEND == 0 {
+        } else if token & (TOKEN_BACKEND | TOKEN_MIRROR) == 0 {
             self.group.mark_ready(token as usize);
         }
     }
@@ -228,6 +235,13 @@ impl ReactorApp for NodeApp {
     fn on_message(&mut self, message: NodeMessage, ctx: &mut ReactorContext) {
         match message {
             NodeMessage::Connection { stream, port_id } => self.adopt(stream, port_id, ctx),
+            NodeMessage::MirrorAttached(attached) => {
+                if let Some(fd) = self.group.attach_mirror(*attached) {
+                    if let Err(e) = ctx.register_fd(fd, reactor::Readiness::READABLE, TOKEN_MIRROR) {
+                        warn!(error = %e, "cannot watch the mirror link's socket");
+                    }
+                }
+            }
         }
     }
 
@@ -256,6 +270,16 @@ struct NodeRpc {
     faults: Vec<(String, u32, FaultControl)>,
     /// What each staged namespace's log holds: (subnqn, nsid, ring path, status).
     staging: Vec<(String, u32, std::path::PathBuf, Arc<StagingStatus>)>,
+    /// In a pair: the mirror of each owned ring, the second stores of the
+    /// partner's, and the link's counters.
+    pair: Option<PairStatus>,
+}
+
+struct PairStatus {
+    mirrors: Vec<(String, u32, Arc<MirrorStatus>)>,
+    second_stores: Arc<Vec<SecondStore>>,
+    owner_link: Arc<LinkCounters>,
+    partner_link: Arc<LinkCounters>,
 }
 
 /// The methods `NodeRpc` answers: SPDK's names where one maps, `tandem_`
@@ -373,6 +397,7 @@ impl RpcHandler for NodeRpc {
                     "controllers": controllers,
                     "ana_changes": self.target.ana_change_count(),
                     "staging": staging,
+                    "pair": self.pair_status(),
                 }))
             }
             "tandem_fault_inject" => {
@@ -407,6 +432,92 @@ impl RpcHandler for NodeRpc {
             }
             other => Err(rpc::method_not_found(other, NODE_METHODS)),
         }
+    }
+}
+
+impl NodeRpc {
+    /// Per group: who owns it, its ANA state through each local port, and the
+    /// mirror (owned groups) or the second store (the partner's groups).
+    fn pair_status(&self) -> Value {
+        let (Some(pair), Some(status)) = (&self.config.pair, &self.pair) else { return Value::Null };
+        let mut groups = Vec::new();
+        for sub in &self.config.subsystems {
+            for ns in &sub.namespaces {
+                let ana: Vec<Value> = self
+                    .target
+                    .ports()
+                    .iter()
+                    .map(|p| json!({ "port": p.id, "state": nvmf_rpc::ana_state_name(p.ana_state(ns.ana_group)) }))
+                    .collect();
+                let owned = pair.owns_group(ns.ana_group);
+                let mut entry = json!({
+                    "group": ns.ana_group,
+                    "subnqn": sub.nqn,
+                    "nsid": ns.nsid,
+                    "owner": if owned { self.target.node_name.as_str() } else { pair.partner.as_str() },
+                    "ana": ana,
+                });
+                if owned {
+                    let staged = self.staging.iter().find(|(n, id, _, _)| *n == sub.nqn && *id == ns.nsid);
+                    let mirror = status.mirrors.iter().find(|(n, id, _)| *n == sub.nqn && *id == ns.nsid);
+                    if let (Some((_, _, _, st)), Some((_, _, m))) = (staged, mirror) {
+                        let released = st.released_seq.load(Ordering::Relaxed);
+                        let staged_records = st.staged_records.load(Ordering::Relaxed);
+                        let held = m.held_through.load(Ordering::Relaxed);
+                        entry["mirror"] = json!({
+                            "state": MirrorState::from_u8(m.state.load(Ordering::Relaxed)).name(),
+                            "policy_while_away": format!("{:?}", pair.partner_away),
+                            "records_staged": staged_records,
+                            // Unreleased records the partner holds.
+                            "records_mirrored": held.saturating_sub(released).min(staged_records),
+                            "released_seq": released,
+                            "mirrored_through": held,
+                            "sent_through": m.sent_through.load(Ordering::Relaxed),
+                            "acked_through": m.acked_through.load(Ordering::Relaxed),
+                            "store_formats": m.formats.load(Ordering::Relaxed),
+                            "degraded_acks": m.degraded_acks.load(Ordering::Relaxed),
+                        });
+                    }
+                } else if let Some(store) =
+                    status.second_stores.iter().find(|s| s.subnqn == sub.nqn && s.nsid == ns.nsid)
+                {
+                    let s = &store.status;
+                    let held = s.held_through.load(Ordering::Relaxed);
+                    let released = s.released_seq.load(Ordering::Relaxed);
+                    entry["second_store"] = json!({
+                        "path": store.path.display().to_string(),
+                        "connected": s.connected.load(Ordering::Relaxed),
+                        "formatted": s.formatted.load(Ordering::Relaxed),
+                        "held_through": held,
+                        "released_seq": released,
+                        "records_held": held.saturating_sub(released),
+                        "formats": s.formats.load(Ordering::Relaxed),
+                    });
+                }
+                groups.push(entry);
+            }
+        }
+        let link = |c: &LinkCounters| {
+            json!({
+                "connects": c.connects.load(Ordering::Relaxed),
+                "refused": c.refused.load(Ordering::Relaxed),
+            })
+        };
+        let rtt_us = status.owner_link.rtt_us.load(Ordering::Relaxed);
+        let up = status.mirrors.iter().any(|(_, _, m)| m.link_up.load(Ordering::Relaxed))
+            || status.second_stores.iter().any(|s| s.status.connected.load(Ordering::Relaxed));
+        json!({
+            "partner": pair.partner,
+            "link": {
+                "state": if up { "up" } else { "down" },
+                "listen": pair.listen.to_string(),
+                "partner_addr": pair.partner_addr.to_string(),
+                "rtt_us": if rtt_us == 0 { Value::Null } else { json!(rtt_us) },
+                "outgoing": link(&status.owner_link),
+                "incoming": link(&status.partner_link),
+            },
+            "groups": groups,
+        })
     }
 }
 
@@ -583,6 +694,119 @@ fn check_legacy_ring(legacy_dir: &Path, path: &Path, medium: &MediumIdentity) ->
 
 /// Runs the node described by `config` until SIGTERM or SIGINT.
 /// `adopt_staging`: see `open_staging` (the `--adopt-staging` flag).
+/// A pair node's interconnect, set up before the reactors and started after.
+struct PairLink {
+    dial: dialer::DialRequests,
+    dial_rx: std::sync::mpsc::Receiver<u64>,
+    listener: TcpListener,
+    handshake: crate::ha::link::auth::HandshakeConfig,
+    partner_addr: std::net::SocketAddr,
+    partner_timeout: Duration,
+    second_stores: Arc<Vec<SecondStore>>,
+    owner_counters: Arc<LinkCounters>,
+    partner_counters: Arc<LinkCounters>,
+}
+
+impl PairLink {
+    fn open(
+        config: &Config,
+        pair: &crate::config::PairConfig,
+        st: &StagingConfig,
+    ) -> anyhow::Result<PairLink> {
+        let mut stores = Vec::new();
+        for sub in &config.subsystems {
+            for ns in sub.namespaces.iter().filter(|n| !pair.owns_group(n.ana_group)) {
+                stores.push(open_second_store(st, pair, &sub.nqn, ns.nsid)?);
+            }
+        }
+        let listener = TcpListener::bind(pair.listen)
+            .with_context(|| format!("pair.listen: cannot listen on {}", pair.listen))?;
+        info!(addr = %pair.listen, partner = %pair.partner, "listening (interconnect)");
+        let (dial, dial_rx) = dialer::channel();
+        Ok(PairLink {
+            dial,
+            dial_rx,
+            listener,
+            handshake: crate::ha::link::auth::HandshakeConfig {
+                key: pair.key.clone(),
+                role: crate::ha::link::frame::LinkRole::Initiator,
+                node_id: pair.node_id,
+                name: config.node.name.clone(),
+                expected_peer_id: Some(pair.partner_id),
+            },
+            partner_addr: pair.partner_addr,
+            partner_timeout: Duration::from_millis(pair.partner_timeout_ms),
+            second_stores: Arc::new(stores),
+            owner_counters: Arc::new(LinkCounters::default()),
+            partner_counters: Arc::new(LinkCounters::default()),
+        })
+    }
+
+    /// Starts the listener for the partner's mirror and the dialer for ours.
+    fn start(self, reactor0: ReactorHandle<NodeMessage>) -> anyhow::Result<()> {
+        let identity = crate::pair::partner::PartnerIdentity {
+            handshake: self.handshake.clone(),
+            partner_timeout: self.partner_timeout,
+        };
+        crate::pair::partner::start(self.listener, identity, self.second_stores, self.partner_counters)
+            .context("cannot start the interconnect listener")?;
+        let deliver = move |attached: crate::pair::dialer::Attached| {
+            let mut message = NodeMessage::MirrorAttached(Box::new(attached));
+            // The mailbox may be full for a moment; the reactor is gone only at shutdown.
+            for _ in 0..500 {
+                match reactor0.try_send(message) {
+                    Ok(()) => return true,
+                    Err(back) => message = back,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        };
+        dialer::start(self.dial_rx, self.partner_addr, self.handshake, self.owner_counters, deliver)
+            .context("cannot start the interconnect dialer")?;
+        Ok(())
+    }
+}
+
+/// Opens this node's copy of one of the partner's rings: what it held at
+/// the last stop, or an empty region the partner formats.
+fn open_second_store(
+    st: &StagingConfig,
+    pair: &crate::config::PairConfig,
+    subnqn: &str,
+    nsid: u32,
+) -> anyhow::Result<SecondStore> {
+    let kind = match st.domain {
+        StagingDomain::Shm => DomainKind::Shm,
+        StagingDomain::File => DomainKind::File,
+        StagingDomain::Pmem => DomainKind::Pmem,
+    };
+    std::fs::create_dir_all(&st.dir)
+        .with_context(|| format!("staging.dir: cannot create {}", st.dir.display()))?;
+    let id = crate::pair::store_id(subnqn, nsid);
+    let path = crate::pair::second_store_path(&st.dir, id);
+    let region = open_region(kind, &path, pair.second_store_bytes as usize)
+        .map_err(|e| anyhow!("second store {}: {e}", path.display()))?;
+    let formatted = region.bytes()[..CONTROL_OFFSET + 4096].iter().any(|&b| b != 0);
+    let receiver = if formatted {
+        let (ring, scan) = crate::ha::open_second_store(region).map_err(|e| {
+            anyhow!(
+                "second store {} (the partner's namespace {nsid}): cannot be read: {e}; it may hold the \
+                 only other copy of the partner's writes, so the node does not start (move it away once \
+                 the partner's medium is known to be current)",
+                path.display()
+            )
+        })?;
+        info!(nsid, store = %path.display(), records = scan.records_found, released_seq = scan.released_seq,
+              "second store opened");
+        crate::ha::mirror::MirrorReceiver::new(ring)
+    } else {
+        info!(nsid, store = %path.display(), bytes = pair.second_store_bytes, "second store created (empty)");
+        crate::ha::mirror::MirrorReceiver::unformatted(region)
+    };
+    Ok(SecondStore::new(id, subnqn.to_string(), nsid, path, receiver))
+}
+
 pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> anyhow::Result<()> {
     let mode = match poll_override {
         None => config.node.poll,
@@ -651,6 +875,13 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
     let mut joins = Vec::new();
     let mut faults: Vec<(String, u32, FaultControl)> = Vec::new();
     let mut staging_status = Vec::new();
+    // In a pair: the second stores of the partner's rings, and the link's
+    // two ends (the dialer for this node's rings, the listener for the partner's).
+    let pair_link = match (&config.pair, &config.staging) {
+        (Some(pair), Some(st)) => Some(PairLink::open(&config, pair, st)?),
+        _ => None,
+    };
+    let mut mirrors = Vec::new();
     // Every reactor's media first: staging rings are recovered (their writes
     // replayed to the media) before any port is bound, so no host can reach
     // the node while the media are behind.
@@ -668,9 +899,11 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
                     faults.push((sub.nqn.clone(), ns.nsid, f.control()));
                     backend = Box::new(f);
                 }
-                // Staging runs on reactor 0, the only reactor a staged node has.
+                // Staging runs on reactor 0, the only reactor a staged node
+                // has; in a pair, only for the groups this node owns.
+                let owned = config.pair.as_ref().is_none_or(|p| p.owns_group(ns.ana_group));
                 let staged = match (&config.staging, ns.write_through, i) {
-                    (Some(st), false, 0) => {
+                    (Some(st), false, 0) if owned => {
                         let log = open_staging(
                             st,
                             &config.node.name,
@@ -680,8 +913,21 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
                             &mut backend,
                             adopt_staging,
                         )?;
-                        let staged =
+                        let mut staged =
                             Staged::new(log, !st.domain.survives_power_loss(), ns.nsid, ns.block_size);
+                        if let (Some(pair), Some(link)) = (&config.pair, &pair_link) {
+                            let id = crate::pair::store_id(&sub.nqn, ns.nsid);
+                            let mirror = MirrorLink::new(
+                                id,
+                                ns.nsid,
+                                &mut staged.log,
+                                pair,
+                                link.dial.clone(),
+                                link.owner_counters.clone(),
+                            );
+                            mirrors.push((sub.nqn.clone(), ns.nsid, mirror.status.clone()));
+                            staged.mirror = Some(mirror);
+                        }
                         let ring = ring_path(st, &sub.nqn, ns.nsid);
                         staging_status.push((sub.nqn.clone(), ns.nsid, ring, staged.status.clone()));
                         Some(staged)
@@ -728,6 +974,12 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
                     config: config.clone(),
                     faults,
                     staging: staging_status,
+                    pair: pair_link.as_ref().map(|l| PairStatus {
+                        mirrors: mirrors.clone(),
+                        second_stores: l.second_stores.clone(),
+                        owner_link: l.owner_counters.clone(),
+                        partner_link: l.partner_counters.clone(),
+                    }),
                 }),
             )
             .with_context(|| format!("node.rpc_socket: cannot listen on {}", path.display()))?,
@@ -776,6 +1028,11 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
         .map_err(|e| anyhow!("reactor {i}: {e}"))?;
         handles.push(handle);
         joins.push(join);
+    }
+    if let Some(link) = pair_link {
+        // Reactor 0 (spawned last) owns the staged rings.
+        let reactor0 = handles.last().cloned().ok_or_else(|| anyhow!("no reactor"))?;
+        link.start(reactor0)?;
     }
     info!(node = %config.node.name, reactors, poll = ?mode, "node serving");
 

@@ -107,13 +107,11 @@ impl AckGate {
         Ok(self.advance())
     }
 
-    /// The partner went away (write-back policy) or came back in sync.
-    /// Going degraded releases the writes that waited only for the mirror.
+    /// The partner went away (write-back policy) or came back. Going
+    /// degraded releases the writes that waited only for the mirror. Going
+    /// back to mirrored assumes nothing: writes not yet acknowledged wait
+    /// until the partner's acknowledgements (of the resync) reach them.
     pub fn set_mode(&mut self, mode: MirrorMode) -> RangeInclusive<u64> {
-        if mode == MirrorMode::Mirrored && self.mode == MirrorMode::Degraded {
-            // Back in sync: the resync copied everything through what we hold.
-            self.mirror_through = self.local_through;
-        }
         self.mode = mode;
         self.advance()
     }

@@ -113,6 +113,16 @@ impl MirrorSender {
     pub fn sent_through(&self) -> u64 {
         self.sent_through
     }
+    /// The partner holds every record through this (as far as this node knows).
+    pub fn held_through(&self) -> u64 {
+        self.held_through
+    }
+
+    /// The partner went away (write-back: `Degraded`) or came back
+    /// (`Mirrored`): the sequences that may now be acknowledged.
+    pub fn set_mode(&mut self, mode: MirrorMode) -> RangeInclusive<u64> {
+        self.gate.set_mode(mode)
+    }
 
     /// Encodes a `Released` if the ring released more since the last one
     /// (first, so the partner frees space before the records after it), then
@@ -569,7 +579,7 @@ mod tests {
     /// frames: Ok(the highest ack to send), or Err if the connection must drop.
     fn deliver(
         wire: &mut Wire,
-        at_partner: &mut FrameDecoder<'_>,
+        at_partner: &mut FrameDecoder<&mut Vec<u8>>,
         receiver: &mut MirrorReceiver<MemRegion>,
         n: usize,
     ) -> Result<Option<u64>, ()> {
@@ -613,8 +623,8 @@ mod tests {
 
     fn reconnect(
         wire: &mut Wire,
-        a: &mut FrameDecoder<'_>,
-        b: &mut FrameDecoder<'_>,
+        a: &mut FrameDecoder<&mut Vec<u8>>,
+        b: &mut FrameDecoder<&mut Vec<u8>>,
         sender: &mut MirrorSender,
     ) {
         wire.to_partner.clear();

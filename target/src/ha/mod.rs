@@ -36,7 +36,9 @@ mod tests;
 pub use flusher::{Flusher, FlusherConfig, FlusherError, FlusherEvent, FlusherStats, FLUSHER_TAG_BIT};
 pub use index::{StagedExtent, StagingIndex};
 pub use layout::{MediumIdentity, RingConfig};
-pub use recovery::{inspect, open_ring, Binding, RecoveryError, RingContents, ScanReport, StopReason};
+pub use recovery::{
+    inspect, open_ring, open_second_store, Binding, RecoveryError, RingContents, ScanReport, StopReason,
+};
 pub use ring::{CommitOutcome, RecordInfo, Reservation, ReserveError, Ring, RingError};
 
 use crate::backend::{Backend, BackendCompletion};
@@ -127,6 +129,11 @@ pub struct StagingLog<R: PersistentRegion> {
     records_committed: u64,
     bytes_committed: u64,
     ring_full: u64,
+    /// Every record through this is durable on the medium (the flusher said so).
+    medium_through: u64,
+    /// Records are released (freed) only through this: while mirrored, what
+    /// the partner holds too (see `ha::mirror`). `u64::MAX`: no limit.
+    release_limit: u64,
     /// Reused by `drain_all`: preallocated to the flusher's batch count.
     completions: Vec<BackendCompletion>,
 }
@@ -211,6 +218,7 @@ impl<R: PersistentRegion> StagingLog<R> {
     fn assemble(mut ring: Ring<R>, flusher_config: FlusherConfig) -> Result<Self, StagingError> {
         ring.set_record_data_bytes_max(flusher_config.batch_bytes_max);
         let flusher = Flusher::new(flusher_config, ring.released_seq())?;
+        let released = ring.released_seq();
         let mut index = StagingIndex::new();
         for info in ring.staged_records() {
             index_insert(&mut index, &info);
@@ -222,6 +230,8 @@ impl<R: PersistentRegion> StagingLog<R> {
             records_committed: 0,
             bytes_committed: 0,
             ring_full: 0,
+            medium_through: released,
+            release_limit: u64::MAX,
             completions: Vec::with_capacity(flusher_config.batches_max + 1),
         })
     }
@@ -362,8 +372,27 @@ impl<R: PersistentRegion> StagingLog<R> {
         None
     }
 
+    /// Every record through this is durable on the medium; records beyond
+    /// `released_seq` up to it wait for the release limit.
+    pub fn medium_through(&self) -> u64 {
+        self.medium_through
+    }
+
+    /// Limits the release to records through `limit` (`u64::MAX`: none) and
+    /// releases what the new limit allows.
+    pub fn set_release_limit(&mut self, limit: u64) {
+        self.release_limit = limit;
+        self.release_durable();
+    }
+
     fn release_durable(&mut self) {
-        let Some(through) = self.flusher.take_durable_through() else { return };
+        if let Some(through) = self.flusher.take_durable_through() {
+            self.medium_through = self.medium_through.max(through);
+        }
+        let through = self.medium_through.min(self.release_limit);
+        if through <= self.ring.released_seq() {
+            return;
+        }
         for seq in self.ring.released_seq() + 1..=through {
             if let Some(info) = self.ring.record(seq) {
                 if !info.cancelled {

@@ -194,6 +194,27 @@ pub fn open_ring<R: PersistentRegion>(
     Ok((ring, report))
 }
 
+/// Opens a second store (a copy of the partner's ring, written by the
+/// mirror) after a restart, writing nothing: it stays bound to the medium its
+/// owner recorded, and its records are only ever written to that medium by a
+/// takeover. The owner's `StoreFormat` replaces it when it is not a copy.
+pub fn open_second_store<R: PersistentRegion>(region: R) -> Result<(Ring<R>, ScanReport), RecoveryError> {
+    let Read { superblock, control, bump_epoch: _, scan, staged_records: _, staged_bytes } =
+        read(region.bytes(), 0)?;
+    let report = ScanReport {
+        epoch: control.epoch,
+        released_seq: control.released_seq,
+        records_found: scan.records.len() as u64,
+        data_bytes_found: staged_bytes,
+        torn_tail: matches!(scan.stop, StopReason::BadCrc),
+        stale_tail: matches!(scan.stop, StopReason::StaleEpoch { .. }),
+        stop: scan.stop,
+        medium_rebound: false,
+    };
+    let ring = Ring::assemble(region, superblock, control, &scan.records, scan.tail_pos);
+    Ok((ring, report))
+}
+
 /// What a ring holds, read without writing anything: for a ring that is not
 /// to be opened (one left where an older build kept its rings).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,6 +20,7 @@ use tracing::warn;
 
 use crate::backend::{Backend, BackendCompletion};
 use crate::ha::{FlusherEvent, StagingLog};
+use crate::pair::owner::MirrorLink;
 
 /// What to do with a request once the medium holds everything before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +77,9 @@ pub struct Staged {
     pub awaiting_space: VecDeque<u64>,
     /// Published for the control socket.
     pub status: Arc<StagingStatus>,
+    /// In a pair: the mirror of this ring into the partner's second store.
+    /// A write completes when the mirror says so, not when the ring has it.
+    pub mirror: Option<MirrorLink>,
 }
 
 /// Waiters kept per staged namespace at most; beyond, the transport's own
@@ -93,6 +97,7 @@ impl Staged {
             awaiting_release: VecDeque::with_capacity(WAITERS_PREALLOCATED),
             awaiting_space: VecDeque::with_capacity(WAITERS_PREALLOCATED),
             status: Arc::new(StagingStatus::default()),
+            mirror: None,
         }
     }
 
@@ -128,7 +133,10 @@ impl Staged {
 
     /// Moves every waiter whose condition holds into `out`.
     pub fn collect_ready(&mut self, out: &mut Vec<Ready>) {
-        let durable = self.log.durable_seq();
+        let durable = match self.mirror.as_mut() {
+            None => self.log.durable_seq(),
+            Some(mirror) => mirror.ack_through(&self.log),
+        };
         while let Some(&(seq, tag)) = self.awaiting_durable.front() {
             if seq > durable {
                 break;
@@ -185,6 +193,9 @@ impl NsMedia {
                     }
                 }
                 busy |= st.log.poll_flusher(&mut self.backend, now_ms) > 0;
+                if let Some(mirror) = st.mirror.as_mut() {
+                    busy |= mirror.poll(&mut st.log);
+                }
                 while let Some(event) = st.log.take_event() {
                     match event {
                         FlusherEvent::WriteFailed { .. } | FlusherEvent::FlushFailed { .. } => {

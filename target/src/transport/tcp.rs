@@ -492,6 +492,10 @@ impl PollGroup {
         for m in self.media.iter_mut().flatten() {
             let NsMedia { backend, staged } = m;
             let Some(st) = staged.as_mut() else { continue };
+            // On the medium, a record needs no second copy: the release no
+            // longer waits for the partner (which, told nothing, may still
+            // hold these records; the next connection sorts that out).
+            st.log.set_release_limit(u64::MAX);
             let from = st.log.drain_start();
             let target = from.target_seq;
             let at_start = st.log.drain_progress(&from);
@@ -548,6 +552,20 @@ impl PollGroup {
                 ),
             }
         }
+    }
+
+    /// Hands a mirror connection made by the dialer to the ring it is for;
+    /// returns the socket's fd for the reactor to watch.
+    pub fn attach_mirror(&mut self, attached: crate::pair::dialer::Attached) -> Option<RawFd> {
+        for m in self.media.iter_mut().flatten() {
+            let Some(st) = m.staged.as_mut() else { continue };
+            let Some(mirror) = st.mirror.as_mut() else { continue };
+            if mirror.store_id() == attached.store_id {
+                return mirror.attach(&mut st.log, attached);
+            }
+        }
+        warn!(store_id = attached.store_id, "mirror connection for a ring this reactor does not own");
+        None
     }
 
     /// Closes every connection (shutdown).

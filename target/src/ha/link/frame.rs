@@ -11,7 +11,7 @@
 //! offset size field
 //! 0      4    magic, "TLNK" (FRAME_MAGIC)
 //! 4      1    version (FRAME_VERSION = 1); any other value is refused
-//! 5      1    kind (FrameKind code, 1..=12)
+//! 5      1    kind (FrameKind code, 1..=13)
 //! 6      2    flags, reserved: must be 0
 //! 8      4    payload_bytes, at most the decoder's payload_bytes_max
 //! 12     4    payload_crc32c, CRC32C of the payload bytes
@@ -45,7 +45,11 @@
 //! 12    StoreFormat 32 + 4096        0 u64 generation, 8 u64 epoch, 16 u64 released_seq,
 //!                                    24 u64 head_offset (the owner's control state), 32 the
 //!                                    owner's superblock, SUPERBLOCK_BYTES, as in its ring
+//! 13    Attach      16               0 u64 store_id (which of the owner's rings this
+//!                                    connection mirrors), 8 u64 reserved
 //! ```
+//! Attach goes from the owner (the initiator) once the handshake is done:
+//! one connection mirrors one ring, named by `store_id` (see `pair::store_id`).
 //! StoreState goes from the partner to the owner once a connection is
 //! authenticated; the owner answers either by streaming on from what the
 //! partner holds or with StoreFormat, which makes the partner's second store
@@ -99,6 +103,8 @@ pub const SEQ_BYTES: usize = 8;
 pub const GOODBYE_BYTES: usize = 8;
 /// Payload of a StoreState.
 pub const STORE_STATE_BYTES: usize = 32;
+/// Payload of an Attach.
+pub const ATTACH_BYTES: usize = 16;
 /// Fixed part of a StoreFormat payload (the superblock follows).
 pub const STORE_FORMAT_FIXED_BYTES: usize = 32;
 /// Payload of a StoreFormat: larger than any other control frame, so only a
@@ -140,11 +146,12 @@ pub enum FrameKind {
     Goodbye = 10,
     StoreState = 11,
     StoreFormat = 12,
+    Attach = 13,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 12] = [
+    pub const ALL: [FrameKind; 13] = [
         FrameKind::Hello,
         FrameKind::Challenge,
         FrameKind::Response,
@@ -157,6 +164,7 @@ impl FrameKind {
         FrameKind::Goodbye,
         FrameKind::StoreState,
         FrameKind::StoreFormat,
+        FrameKind::Attach,
     ];
 
     pub fn code(self) -> u8 {
@@ -184,6 +192,7 @@ impl FrameKind {
             FrameKind::Goodbye => (GOODBYE_BYTES, GOODBYE_BYTES),
             FrameKind::StoreState => (STORE_STATE_BYTES, STORE_STATE_BYTES),
             FrameKind::StoreFormat => (STORE_FORMAT_BYTES, STORE_FORMAT_BYTES),
+            FrameKind::Attach => (ATTACH_BYTES, ATTACH_BYTES),
         }
     }
 }
@@ -388,6 +397,10 @@ pub enum Frame<'a> {
         head_offset: u64,
         superblock: &'a [u8],
     },
+    /// The owner names the ring this connection mirrors.
+    Attach {
+        store_id: u64,
+    },
 }
 
 impl Frame<'_> {
@@ -405,6 +418,7 @@ impl Frame<'_> {
             Frame::Goodbye { .. } => FrameKind::Goodbye,
             Frame::StoreState { .. } => FrameKind::StoreState,
             Frame::StoreFormat { .. } => FrameKind::StoreFormat,
+            Frame::Attach { .. } => FrameKind::Attach,
         }
     }
 
@@ -594,6 +608,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
             put_u64(payload, 24, head_offset);
             payload[STORE_FORMAT_FIXED_BYTES..].copy_from_slice(superblock);
         }
+        Frame::Attach { store_id } => put_u64(payload, 0, store_id),
         Frame::Record { .. } => unreachable!("handled above"),
     }
     let crc = crc32c::crc32c(payload);
@@ -622,8 +637,8 @@ pub enum DecoderConfigError {
 /// The buffer must hold the largest frame (`FRAME_HEADER_BYTES +
 /// payload_bytes_max`); a peer that announces a longer payload is refused.
 /// After an error the decoder returns the same error until `reset`.
-pub struct FrameDecoder<'b> {
-    buf: &'b mut [u8],
+pub struct FrameDecoder<B: AsRef<[u8]> + AsMut<[u8]>> {
+    buf: B,
     /// Bytes `start..end` are received and not yet returned as a frame.
     start: usize,
     end: usize,
@@ -631,16 +646,16 @@ pub struct FrameDecoder<'b> {
     failed: Option<FrameError>,
 }
 
-impl<'b> FrameDecoder<'b> {
+impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
     /// A decoder accepting payloads up to `payload_bytes_max` (for records:
     /// [`RECORD_FIXED_BYTES`] + the largest ring record) using `buf`.
-    pub fn new(buf: &'b mut [u8], payload_bytes_max: usize) -> Result<FrameDecoder<'b>, DecoderConfigError> {
+    pub fn new(buf: B, payload_bytes_max: usize) -> Result<FrameDecoder<B>, DecoderConfigError> {
         if payload_bytes_max < CONTROL_PAYLOAD_BYTES_MAX || payload_bytes_max > u32::MAX as usize {
             return Err(DecoderConfigError::PayloadMaxTooSmall { payload_bytes_max });
         }
         let needed = FRAME_HEADER_BYTES + payload_bytes_max;
-        if buf.len() < needed {
-            return Err(DecoderConfigError::BufferTooSmall { buf_bytes: buf.len(), needed });
+        if buf.as_ref().len() < needed {
+            return Err(DecoderConfigError::BufferTooSmall { buf_bytes: buf.as_ref().len(), needed });
         }
         Ok(FrameDecoder { buf, start: 0, end: 0, payload_bytes_max, failed: None })
     }
@@ -657,6 +672,15 @@ impl<'b> FrameDecoder<'b> {
         self.end - self.start
     }
 
+    /// Takes the bytes received and not yet returned as frames (to hand a
+    /// connection to another decoder); this decoder is empty afterwards.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        let bytes = self.buf.as_ref()[self.start..self.end].to_vec();
+        self.start = 0;
+        self.end = 0;
+        bytes
+    }
+
     /// The error the decoder stopped at, if any.
     pub fn error(&self) -> Option<FrameError> {
         self.failed
@@ -667,8 +691,10 @@ impl<'b> FrameDecoder<'b> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.start > 0 && (self.end == self.buf.len() || self.start >= self.buf.len() / 2) {
-            self.buf.copy_within(self.start..self.end, 0);
+        } else if self.start > 0
+            && (self.end == self.buf.as_ref().len() || self.start >= self.buf.as_ref().len() / 2)
+        {
+            self.buf.as_mut().copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
@@ -678,12 +704,13 @@ impl<'b> FrameDecoder<'b> {
     /// Empty only when a whole frame is buffered: call `next_frame` first.
     pub fn spare_mut(&mut self) -> &mut [u8] {
         self.compact();
-        &mut self.buf[self.end..]
+        let end = self.end;
+        &mut self.buf.as_mut()[end..]
     }
 
     /// Marks `bytes` of `spare_mut` as received.
     pub fn commit(&mut self, bytes: usize) {
-        assert!(bytes <= self.buf.len() - self.end, "commit beyond the spare space");
+        assert!(bytes <= self.buf.as_ref().len() - self.end, "commit beyond the spare space");
         self.end += bytes;
     }
 
@@ -704,7 +731,7 @@ impl<'b> FrameDecoder<'b> {
         }
         // Field-disjoint borrows: the frame borrows `buf`, the bookkeeping
         // below writes `start` and `failed`.
-        let available = &self.buf[self.start..self.end];
+        let available = &self.buf.as_ref()[self.start..self.end];
         let Some(header) = available.get(..FRAME_HEADER_BYTES) else {
             return Ok(None);
         };
@@ -862,5 +889,11 @@ fn parse_payload(kind: FrameKind, p: &[u8]) -> Result<Frame<'_>, FrameError> {
             head_offset: get_u64(p, 24),
             superblock: &p[STORE_FORMAT_FIXED_BYTES..],
         },
+        FrameKind::Attach => {
+            if get_u64(p, 8) != 0 {
+                return Err(bad("reserved", "must be 0"));
+            }
+            Frame::Attach { store_id: get_u64(p, 0) }
+        }
     })
 }

@@ -57,6 +57,7 @@ fn every_kind(record_small: &[u8], record_big: &[u8]) -> Vec<Frame<'static>> {
                 (0..SUPERBLOCK_BYTES).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into_boxed_slice(),
             ),
         },
+        Frame::Attach { store_id: 0x1234_5678_0000_0001 },
     ]
 }
 
@@ -260,7 +261,7 @@ fn bad_version_is_refused() {
 
 #[test]
 fn unknown_kinds_are_refused() {
-    for kind in [0u8, 13, 200, 255] {
+    for kind in [0u8, 14, 200, 255] {
         assert_eq!(
             first_error(&sealed(FRAME_VERSION, kind, 0, &[0; 8])),
             FrameError::BadKind { found: kind }
@@ -549,4 +550,15 @@ fn seeded_mutations_of_a_valid_stream_keep_the_frames_before_them() {
         let intact = ends.iter().take_while(|&&end| end <= at).count();
         assert_eq!(got, encodings[..intact].to_vec(), "round {round}: mutation at {at} (seed 0x5eed1111)");
     }
+}
+
+#[test]
+fn attach_reserved_bytes_must_be_zero() {
+    let mut attach = encoded(&Frame::Attach { store_id: 7 });
+    attach[FRAME_HEADER_BYTES + 8] = 1;
+    reseal(&mut attach);
+    assert!(matches!(
+        first_error(&attach),
+        FrameError::BadField { kind: FrameKind::Attach, field: "reserved", .. }
+    ));
 }

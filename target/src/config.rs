@@ -1427,4 +1427,81 @@ mod tests {
         let e = Config::load(Path::new("/nonexistent/tandem.toml")).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }));
     }
+
+    #[test]
+    fn the_example_pair_parses_and_mirrors_each_node_into_the_other() {
+        let a = Config::parse(&pair_example('a').unwrap()).unwrap();
+        let b = Config::parse(&pair_example('b').unwrap()).unwrap();
+        assert!(pair_example('c').is_none());
+        let (pa, pb) = (a.pair.clone().unwrap(), b.pair.clone().unwrap());
+        assert_eq!((pa.node_id, pa.partner_id), (pb.partner_id, pb.node_id));
+        assert_eq!((pa.listen, pa.partner_addr), (pb.partner_addr, pb.listen));
+        assert_eq!(pa.key, pb.key, "one shared key");
+        assert_eq!((pa.home_groups.clone(), pb.home_groups.clone()), (vec![1], vec![2]));
+        assert_eq!(pa.partner_away, PartnerAway::WriteBack);
+        assert_eq!(pa.second_store_bytes, a.staging.as_ref().unwrap().ring_bytes);
+        // Same subsystem and namespace identity, disjoint controller ids, each
+        // other's ports in discovery, and the same medium files.
+        assert_eq!(a.subsystems[0].nqn, b.subsystems[0].nqn);
+        assert_eq!(a.subsystems[0].serial, b.subsystems[0].serial);
+        for (na, nb) in a.subsystems[0].namespaces.iter().zip(&b.subsystems[0].namespaces) {
+            assert_eq!((na.nguid, na.uuid), (nb.nguid, nb.uuid));
+            let resolve = |p: &Path| {
+                p.components().fold(PathBuf::new(), |mut acc, c| {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            acc.pop();
+                        }
+                        other => acc.push(other),
+                    }
+                    acc
+                })
+            };
+            assert_eq!(resolve(na.path.as_ref().unwrap()), resolve(nb.path.as_ref().unwrap()));
+        }
+        assert!(a.node.cntlid_max < b.node.cntlid_min);
+        assert_eq!(a.remote_ports[0].addr, b.ports[0].addr);
+        assert_eq!(b.remote_ports[0].addr, a.ports[0].addr);
+        assert_eq!(a.ports[0].ana_state(1), AnaState::Optimized);
+        assert_eq!(a.ports[0].ana_state(2), AnaState::Inaccessible);
+        assert_eq!(b.ports[0].ana_state(1), AnaState::Inaccessible);
+        assert_eq!(b.ports[0].ana_state(2), AnaState::Optimized);
+    }
+
+    #[test]
+    fn pair_errors_name_their_field() {
+        let a = pair_example('a').unwrap();
+        let with = |from: &str, to: &str| {
+            assert!(a.contains(from), "{from}");
+            err_text(&a.replacen(from, to, 1))
+        };
+        assert_eq!(
+            with("partner_id = 2", "partner_id = 1"),
+            "pair.partner_id: must be at least 1 and differ from pair.node_id"
+        );
+        assert!(with("key = \"", "key = \"zz").starts_with("pair.key: character 0 is not a hex digit"));
+        assert!(with("key = \"", "key_file = \"/x\"\nkey = \"").starts_with("pair.key: give exactly one"));
+        assert!(with("key = \"54", "key = \"").starts_with("pair.key: "), "an odd or short key is refused");
+        assert!(with("listen = \"127.0.0.1:4430\"", "listen = \"here\"").starts_with("pair.listen: "));
+        assert_eq!(
+            with("partner_addr = \"127.0.0.1:4431\"", "partner_addr = \"127.0.0.1:4430\""),
+            "pair.partner_addr: is this node's own pair.listen"
+        );
+        assert!(with("home_groups = [1]", "home_groups = [33]").starts_with("pair.home_groups[0]: "));
+        assert!(with("home_groups = [1]", "home_groups = []").starts_with("pair.home_groups: "));
+        assert!(
+            with("partner_away = \"write-back\"", "partner_away = \"maybe\"").contains("pair.partner_away")
+        );
+        assert!(with("# partner_timeout_ms = 1000", "partner_timeout_ms = 5")
+            .starts_with("pair.partner_timeout_ms"));
+        assert!(
+            with("block_size = 4096\n", "block_size = 4096\nwrite_through = true\n").starts_with("pair: ")
+        );
+        let no_staging = a
+            .replace("[staging]", "[unused]")
+            .replace("domain = \"shm\"", "")
+            .replace("ring_size = \"64MiB\"", "");
+        let e = err_text(&no_staging.replace("[unused]", ""));
+        assert!(e.starts_with("pair: a pair mirrors the staging log"), "{e}");
+    }
 }

@@ -61,6 +61,8 @@ pub enum LinkError {
     Silent(u64),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("a newer connection for this store took over")]
+    Superseded,
 }
 
 /// Relaxed counters of a link, published for `tandem rpc status`.

@@ -210,19 +210,14 @@ fn stream_frames(
     let mut acked = 0u64;
     let mut heartbeat_counter = 0u64;
     loop {
-        let got = link.fill()?;
+        // Frames already buffered first (they may have come with the Attach).
         let now = Instant::now();
-        if got {
-            last_rx = now;
-        } else if now.duration_since(last_rx) > timeout {
-            return Err(LinkError::Silent(timeout.as_millis() as u64));
-        }
         let mut ack = None;
         let mut echo = None;
         {
             let mut inner = store.lock();
             if inner.generation != generation {
-                return Err(LinkError::Protocol("a newer connection for this store took over".into()));
+                return Err(LinkError::Superseded);
             }
             while let Some(frame) = link.decoder.next_frame()? {
                 match &frame {
@@ -276,6 +271,11 @@ fn stream_frames(
                 echo_time_ms: 0,
             })?;
             last_tx = now;
+        }
+        if link.fill()? {
+            last_rx = Instant::now();
+        } else if Instant::now().duration_since(last_rx) > timeout {
+            return Err(LinkError::Silent(timeout.as_millis() as u64));
         }
     }
 }

@@ -1,0 +1,292 @@
+//! Claims: every write is mirrored into the partner's second store before it
+//! completes, in both directions at once (claims 4, 5, 6, 9, 13, 16, 19, 24,
+//! 27, 30); the partner frees its copies once the owner's medium has the
+//! writes (claims 1, 11, 31); a node killed while its partner lives loses
+//! nothing and resyncs; the interconnect refuses strangers and bad frames
+//! while the pair keeps serving. Issue 8, "Tests: multi-process".
+//!
+//! - `the_second_store_holds_exactly_the_owners_unreleased_records`: each
+//!   node's medium fails every write, so what the hosts write stays staged;
+//!   after N writes through a (ns 1) and M through b (ns 2), a reports N
+//!   records staged and b's second store for ns 1 holds N, and the other way
+//!   round M; the partner's group refuses I/O through each node's port (ANA
+//!   inaccessible); once the media heal both drop to zero, and the data
+//!   reads back through the owners and from the medium files.
+//! - `a_node_killed_while_its_partner_lives_loses_nothing`: the crash
+//!   checker's load on both namespaces, each through its owner; b is killed
+//!   with SIGKILL mid-run: a's load goes on without an error (a reports its
+//!   mirror degraded and counts writes acknowledged with one copy); b
+//!   restarts, recovers its own ring and the pair resyncs. Then a is killed
+//!   with records staged (its medium failing) and restarts: recovery replays
+//!   them, and both checkers read back every acknowledged write.
+//! - `strangers_and_bad_frames_on_the_interconnect_are_refused`: garbage,
+//!   a handshake with the wrong key and, from a peer that knows the key, a
+//!   corrupted frame, all at a's interconnect port while a host writes
+//!   through b: each is refused and counted, b's mirror reconnects after the
+//!   corrupted frame, and no write fails or completes degraded.
+
+mod pair_support;
+mod staging_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pair_support::{field, medium_path, Pair, NS_BLOCKS, PAIR_KEY};
+use serde_json::json;
+use staging_support::{first_difference, pattern, wait_until, BLOCK_BYTES};
+use tandem_nvmf::host::HostError;
+use tandem_nvmf::spec::NvmeStatus;
+use tandem_perf::crashcheck::RunEnd;
+use tandem_perf::{CrashChecker, Region};
+
+fn read_file_blocks(path: &std::path::Path, lba: u64, blocks: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut buf = vec![0u8; blocks * BLOCK_BYTES];
+    f.read_exact_at(&mut buf, lba * BLOCK_BYTES as u64).expect("read the medium file");
+    buf
+}
+
+#[test]
+fn the_second_store_holds_exactly_the_owners_unreleased_records() {
+    let pair = Pair::start("pair-exact");
+    let writes = [(1u32, 200u64), (2u32, 120u64)];
+    for (nsid, _) in writes {
+        pair.a.fault(nsid, "fail_writes_after", json!({ "count": 0 }));
+        pair.b.fault(nsid, "fail_writes_after", json!({ "count": 0 }));
+    }
+    let (_ca, mut qa) = pair.a.connect(1, 32);
+    let (_cb, mut qb) = pair.b.connect(1, 32);
+    for lba in 0..writes[0].1 {
+        qa[0].write(1, lba, &pattern(lba, 1, 1)).expect("a write through a, mirrored to b");
+    }
+    for lba in 0..writes[1].1 {
+        qb[0].write(2, lba, &pattern(lba, 1, 2)).expect("a write through b, mirrored to a");
+    }
+    // The owner's group through the partner's port: inaccessible.
+    match qa[0].write(2, 0, &pattern(0, 1, 9)) {
+        Err(HostError::Status { status, .. }) => assert_eq!(status, NvmeStatus::ANA_INACCESSIBLE),
+        other => panic!("a write to b's group through a's port: {other:?}"),
+    }
+    match qb[0].write(1, 0, &pattern(0, 1, 9)) {
+        Err(HostError::Status { status, .. }) => assert_eq!(status, NvmeStatus::ANA_INACCESSIBLE),
+        other => panic!("a write to a's group through b's port: {other:?}"),
+    }
+    for (owner, partner, (group, n)) in [(&pair.a, &pair.b, writes[0]), (&pair.b, &pair.a, writes[1])] {
+        let mirror = owner.mirror(group);
+        assert_eq!(field(&mirror, "records_staged"), n, "node {} staged: {mirror}", owner.name);
+        assert_eq!(field(&mirror, "records_mirrored"), n, "node {} mirrored: {mirror}", owner.name);
+        assert_eq!(field(&mirror, "degraded_acks"), 0, "node {}: {mirror}", owner.name);
+        assert_eq!(mirror["state"], "in-sync", "node {}: {mirror}", owner.name);
+        let store = partner.second_store(group);
+        assert_eq!(field(&store, "records_held"), n, "node {}'s second store: {store}", partner.name);
+        assert_eq!(store["connected"], true, "{store}");
+        let group_entry = owner.group(group);
+        assert_eq!(group_entry["owner"], owner.name);
+        assert_eq!(group_entry["ana"][0]["state"], "optimized", "{group_entry}");
+        assert_eq!(partner.group(group)["ana"][0]["state"], "inaccessible");
+    }
+    for nsid in [1, 2] {
+        pair.a.fault(nsid, "heal", json!({}));
+        pair.b.fault(nsid, "heal", json!({}));
+    }
+    for (owner, partner, (group, n)) in [(&pair.a, &pair.b, writes[0]), (&pair.b, &pair.a, writes[1])] {
+        wait_until(Duration::from_secs(30), "the owner's medium to take every staged write", || {
+            field(&owner.mirror(group), "records_staged") == 0
+        });
+        wait_until(Duration::from_secs(30), "the partner to free its copies", || {
+            field(&partner.second_store(group), "records_held") == 0
+        });
+        let store = partner.second_store(group);
+        assert!(field(&store, "released_seq") >= n, "the partner saw the release: {store}");
+    }
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    for (queue, nsid, n, generation) in
+        [(&mut qa[0], 1u32, writes[0].1, 1u64), (&mut qb[0], 2, writes[1].1, 2)]
+    {
+        for lba in 0..n {
+            queue.read(nsid, lba, &mut buf).expect("read through the owner");
+            let want = pattern(lba, 1, generation);
+            if let Some(d) = first_difference(lba, &buf, &want) {
+                panic!("ns {nsid}: {d}");
+            }
+            let on_medium = read_file_blocks(&medium_path(&pair.scratch, nsid), lba, 1);
+            if let Some(d) = first_difference(lba, &on_medium, &want) {
+                panic!("ns {nsid} medium file: {d}");
+            }
+        }
+    }
+}
+
+/// Runs a crash checker's load until `stop` is set or its node dies.
+fn run_load(
+    checker: &mut CrashChecker,
+    queues: &mut [tandem_nvmf::host::IoQueue],
+    stop: &AtomicBool,
+) -> tandem_perf::crashcheck::RunSummary {
+    checker.run(queues, stop, Some(Instant::now() + Duration::from_secs(60)))
+}
+
+#[test]
+fn a_node_killed_while_its_partner_lives_loses_nothing() {
+    let mut pair = Pair::start("pair-kill");
+    let region = |nsid| Region { nsid, slba: 0, block_count: NS_BLOCKS, block_size: BLOCK_BYTES };
+    let mut check_a = CrashChecker::new(region(1), 11, 0xa).expect("checker").with_queue_depth(16);
+    let mut check_b = CrashChecker::new(region(2), 12, 0xb).expect("checker").with_queue_depth(16);
+
+    // Round 1: load on both, b dies mid-run; a's load must not notice.
+    {
+        let (ca, mut qa) = pair.a.connect(1, 16);
+        let (cb, mut qb) = pair.b.connect(1, 16);
+        let stop_a = AtomicBool::new(false);
+        let stop_b = AtomicBool::new(false);
+        let b_pid = pair.b.node.pid();
+        let a_node = &pair.a;
+        let (sum_a, sum_b) = std::thread::scope(|s| {
+            let ta = s.spawn(|| run_load(&mut check_a, &mut qa, &stop_a));
+            let tb = s.spawn(|| run_load(&mut check_b, &mut qb, &stop_b));
+            std::thread::sleep(Duration::from_millis(700));
+            let _ = std::process::Command::new("kill").args(["-KILL", &b_pid.to_string()]).status();
+            wait_until(Duration::from_secs(30), "a to count b away", || {
+                a_node.mirror(1)["state"] == "degraded"
+            });
+            // a keeps acknowledging, now with one copy.
+            let before = field(&a_node.mirror(1), "degraded_acks");
+            wait_until(Duration::from_secs(30), "writes acknowledged degraded", || {
+                field(&a_node.mirror(1), "degraded_acks") > before + 50
+            });
+            stop_a.store(true, Ordering::Relaxed);
+            (ta.join().expect("load a"), tb.join().expect("load b"))
+        });
+        drop((ca, qa, cb, qb));
+        assert_eq!(sum_a.ended, RunEnd::Stopped, "a's load ran to its stop: {sum_a:?}");
+        assert_eq!(sum_a.writes_failed, 0, "{sum_a:?}");
+        assert!(sum_a.writes_acked > 100, "{sum_a:?}");
+        assert_eq!(sum_b.ended, RunEnd::QueuesFailed, "b's load ended with b: {sum_b:?}");
+        assert!(sum_b.writes_acked > 0, "{sum_b:?}");
+    }
+    pair.b.node.kill9();
+    pair.b.restart();
+    pair.wait_in_sync();
+    assert!(field(&pair.a.mirror(1), "store_formats") >= 1);
+
+    // Round 2: a dies with records staged (its medium failing), b lives.
+    {
+        let (ca, mut qa) = pair.a.connect(1, 16);
+        let stop = AtomicBool::new(false);
+        let a_pid = pair.a.node.pid();
+        let a_node = &pair.a;
+        let b_node = &pair.b;
+        let sum = std::thread::scope(|s| {
+            let t = s.spawn(|| run_load(&mut check_a, &mut qa, &stop));
+            std::thread::sleep(Duration::from_millis(300));
+            a_node.fault(1, "fail_writes_after", json!({ "count": 0 }));
+            wait_until(Duration::from_secs(30), "records staged on a and held by b", || {
+                field(&b_node.second_store(1), "records_held") > 20
+            });
+            let _ = std::process::Command::new("kill").args(["-KILL", &a_pid.to_string()]).status();
+            t.join().expect("load a")
+        });
+        drop((ca, qa));
+        assert_eq!(sum.ended, RunEnd::QueuesFailed, "{sum:?}");
+        assert_eq!(sum.writes_failed, 0, "{sum:?}");
+    }
+    let held = field(&pair.b.second_store(1), "records_held");
+    assert!(held > 20, "b holds a's staged records while a is down: {held}");
+    pair.a.node.kill9();
+    pair.a.restart();
+    assert!(pair.a.node.log().contains("staging ring recovered"), "a recovered its ring");
+    pair.wait_in_sync();
+    wait_until(Duration::from_secs(30), "b to free a's replayed records", || {
+        field(&pair.b.second_store(1), "records_held") == 0
+    });
+
+    for (node, checker) in [(&pair.a, &mut check_a), (&pair.b, &mut check_b)] {
+        let (_c, mut q) = node.connect(1, 32);
+        let report = checker
+            .verify(&mut q[0])
+            .unwrap_or_else(|e| panic!("node {}: {e}\nlog:\n{}", node.name, node.node.log()));
+        let acked = checker.touched_lbas().filter(|&lba| checker.acked_seq(lba) != 0).count() as u64;
+        assert!(acked > 0, "node {}: no acknowledged write to check", node.name);
+        assert_eq!(report.acked + report.newer_unresolved, acked, "node {}: {report:?}", node.name);
+    }
+}
+
+#[test]
+fn strangers_and_bad_frames_on_the_interconnect_are_refused() {
+    use tandem_target::ha::link::auth::{HandshakeConfig, LinkKey};
+    use tandem_target::ha::link::frame::{encode_record_prefix, Frame, LinkRole};
+    use tandem_target::pair::{store_id, BlockingLink};
+
+    let pair = Pair::start("pair-refuse");
+    let refused = |n: &pair_support::PairNode| field(&n.link()["incoming"], "refused");
+    let (_cb, mut qb) = pair.b.connect(1, 16);
+    let mut lba = 0u64;
+    let mut write_some = |qb: &mut tandem_nvmf::host::IoQueue| {
+        for _ in 0..50 {
+            qb.write(2, lba % NS_BLOCKS, &pattern(lba % NS_BLOCKS, 1, 3)).expect("b's writes go on");
+            lba += 1;
+        }
+    };
+
+    // Garbage: the connection is closed, the pair goes on.
+    let mut s = TcpStream::connect(pair.a.link).expect("connect to a's interconnect");
+    s.write_all(&[0x5a; 256]).expect("send garbage");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut sink = [0u8; 4096];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    wait_until(Duration::from_secs(10), "garbage to be counted as refused", || refused(&pair.a) >= 1);
+    write_some(&mut qb[0]);
+
+    // The wrong key: the handshake fails on both sides.
+    let config = |key: &str| HandshakeConfig {
+        key: LinkKey::from_hex(key, "test").expect("key"),
+        role: LinkRole::Initiator,
+        node_id: 2,
+        name: "b".into(),
+        expected_peer_id: Some(1),
+    };
+    let wrong = "ff".repeat(32);
+    let stream = TcpStream::connect(pair.a.link).expect("connect");
+    let mut link = BlockingLink::new(stream, 4096, Duration::from_millis(50)).expect("link");
+    assert!(link.handshake(config(&wrong)).is_err(), "a accepted the wrong key");
+    wait_until(Duration::from_secs(10), "the wrong key to be counted", || refused(&pair.a) >= 2);
+    write_some(&mut qb[0]);
+
+    // A peer with the key attaches to b's ring and sends a corrupted record:
+    // refused; b's own mirror (displaced by the attach) reconnects.
+    let connects_before = field(&pair.b.link()["outgoing"], "connects");
+    let stream = TcpStream::connect(pair.a.link).expect("connect");
+    let mut link = BlockingLink::new(stream, 4096, Duration::from_millis(50)).expect("link");
+    link.handshake(config(PAIR_KEY)).expect("the right key is accepted");
+    // Attach and the bad record in one write: the record is judged before
+    // b's own mirror, displaced, can take the store back.
+    let attach = Frame::Attach { store_id: store_id(pair_support::PAIR_SUBNQN, 2) };
+    let mut bytes = vec![0u8; attach.encoded_bytes() + 44 + 64];
+    let at = tandem_target::ha::link::frame::encode(&attach, &mut bytes).expect("attach");
+    encode_record_prefix(0, 1, 1, &[0u8; 64], &mut bytes[at..]).expect("prefix");
+    bytes[at + 44..].fill(0xee);
+    link.stream.write_all(&bytes).expect("send an Attach and a record with a garbage header");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused(&pair.a) < 3 {
+        assert!(Instant::now() < deadline, "the bad record was not refused; a's log:\n{}", pair.a.node.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write_some(&mut qb[0]);
+    wait_until(Duration::from_secs(30), "b's mirror to reconnect", || {
+        field(&pair.b.link()["outgoing"], "connects") > connects_before
+    });
+    pair.wait_in_sync();
+    write_some(&mut qb[0]);
+    let mirror = pair.b.mirror(2);
+    assert_eq!(field(&mirror, "degraded_acks"), 0, "no write completed with one copy: {mirror}");
+    let log = pair.a.node.log();
+    assert!(log.contains("partner connection refused"), "a logs each refusal");
+}

@@ -82,6 +82,9 @@ pub struct PairConfig {
     pub partner_away: PartnerAway,
     /// No frame from the partner for this long: it is away.
     pub partner_timeout_ms: u64,
+    /// The medium failing writes for this long: stop taking writes for the
+    /// groups this node owns (until it works again).
+    pub medium_failed_limit_ms: u64,
 }
 
 impl PairConfig {
@@ -454,6 +457,9 @@ partner_away = "write-back"     # while the partner is away: "write-back" (one p
                                 #   status degraded), "write-through" (complete when on the
                                 #   medium) or "stall" (wait for the partner)
 # partner_timeout_ms = 1000     # optional: no frame from the partner this long = away
+# medium_failed_limit_ms = 30000 # optional: the medium failing writes this long = stop taking
+                                #   writes for this node's groups (meanwhile the partner writes
+                                #   the failed records from its copy)
 "#;
 
 // ---- raw shapes, as serde reads them ----
@@ -488,6 +494,7 @@ struct RawPair {
     second_store_size: Option<toml::Value>,
     partner_away: PartnerAway,
     partner_timeout_ms: Option<u64>,
+    medium_failed_limit_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -952,7 +959,12 @@ fn convert_pair(
     if !(50..=60_000).contains(&partner_timeout_ms) {
         return Err(field_error("pair.partner_timeout_ms", "must lie in 50..=60000"));
     }
+    let medium_failed_limit_ms = p.medium_failed_limit_ms.unwrap_or(30_000);
+    if !(100..=3_600_000).contains(&medium_failed_limit_ms) {
+        return Err(field_error("pair.medium_failed_limit_ms", "must lie in 100..=3600000"));
+    }
     Ok(PairConfig {
+        medium_failed_limit_ms,
         node_id: p.node_id,
         partner: p.partner,
         partner_id: p.partner_id,

@@ -476,6 +476,8 @@ impl NodeRpc {
                             "acked_through": m.acked_through.load(Ordering::Relaxed),
                             "store_formats": m.formats.load(Ordering::Relaxed),
                             "degraded_acks": m.degraded_acks.load(Ordering::Relaxed),
+                            "partner_writes": m.partner_writes.load(Ordering::Relaxed),
+                            "medium_stopped": m.medium_stopped.load(Ordering::Relaxed),
                         });
                     }
                 } else if let Some(store) =
@@ -492,6 +494,7 @@ impl NodeRpc {
                         "released_seq": released,
                         "records_held": held.saturating_sub(released),
                         "formats": s.formats.load(Ordering::Relaxed),
+                        "medium_writes": s.medium_writes.load(Ordering::Relaxed),
                     });
                 }
                 groups.push(entry);
@@ -716,7 +719,7 @@ impl PairLink {
         let mut stores = Vec::new();
         for sub in &config.subsystems {
             for ns in sub.namespaces.iter().filter(|n| !pair.owns_group(n.ana_group)) {
-                stores.push(open_second_store(st, pair, &sub.nqn, ns.nsid)?);
+                stores.push(open_second_store(st, pair, &sub.nqn, ns)?);
             }
         }
         let listener = TcpListener::bind(pair.listen)
@@ -774,8 +777,9 @@ fn open_second_store(
     st: &StagingConfig,
     pair: &crate::config::PairConfig,
     subnqn: &str,
-    nsid: u32,
+    ns: &NamespaceConfig,
 ) -> anyhow::Result<SecondStore> {
+    let nsid = ns.nsid;
     let kind = match st.domain {
         StagingDomain::Shm => DomainKind::Shm,
         StagingDomain::File => DomainKind::File,
@@ -804,7 +808,11 @@ fn open_second_store(
         info!(nsid, store = %path.display(), bytes = pair.second_store_bytes, "second store created (empty)");
         crate::ha::mirror::MirrorReceiver::unformatted(region)
     };
-    Ok(SecondStore::new(id, subnqn.to_string(), nsid, path, receiver))
+    let medium = match ns.backend {
+        BackendKind::File => ns.path.clone(),
+        BackendKind::Ram => None,
+    };
+    Ok(SecondStore::new(id, subnqn.to_string(), nsid, path, receiver, medium))
 }
 
 pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> anyhow::Result<()> {
@@ -924,6 +932,7 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
                                 pair,
                                 link.dial.clone(),
                                 link.owner_counters.clone(),
+                                Some((target.clone(), ns.ana_group)),
                             );
                             mirrors.push((sub.nqn.clone(), ns.nsid, mirror.status.clone()));
                             staged.mirror = Some(mirror);
@@ -939,6 +948,13 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
             backends.push(list);
         }
         per_reactor.push(backends);
+    }
+    if let Some(link) = &pair_link {
+        for (nqn, nsid, control) in &faults {
+            if let Some(store) = link.second_stores.iter().find(|s| s.subnqn == *nqn && s.nsid == *nsid) {
+                let _ = store.faults.set(control.clone());
+            }
+        }
     }
     // One metrics block per reactor (each is written by its reactor only).
     let group_metrics: Vec<Arc<GroupMetrics>> = match config.node.metrics {

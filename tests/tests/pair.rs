@@ -19,6 +19,15 @@
 //!   restarts, recovers its own ring and the pair resyncs. Then a is killed
 //!   with records staged (its medium failing) and restarts: recovery replays
 //!   them, and both checkers read back every acknowledged write.
+//! - `the_partner_writes_what_the_owners_medium_failed`: a's medium fails
+//!   every write; the writes through a still complete, b writes them to the
+//!   medium from its second store and a releases them: a's staging empties
+//!   while its medium still fails, the medium file holds every write and no
+//!   host command failed (claims 2, 7, 14, 25, 31).
+//! - `an_owner_whose_medium_stays_failed_stops_taking_writes`: with b away,
+//!   a's medium failing past `pair.medium_failed_limit_ms` makes a report its
+//!   group inaccessible (writes refused with the ANA status, nothing lost);
+//!   once the medium works, a drains its staging and takes writes again.
 //! - `strangers_and_bad_frames_on_the_interconnect_are_refused`: garbage,
 //!   a handshake with the wrong key and, from a peer that knows the key, a
 //!   corrupted frame, all at a's interconnect port while a host writes
@@ -51,7 +60,8 @@ fn read_file_blocks(path: &std::path::Path, lba: u64, blocks: usize) -> Vec<u8> 
 
 #[test]
 fn the_second_store_holds_exactly_the_owners_unreleased_records() {
-    let pair = Pair::start("pair-exact");
+    // The media fail for the whole test: the owners must not give up on them.
+    let pair = Pair::start_with("pair-exact", 600_000);
     let writes = [(1u32, 200u64), (2u32, 120u64)];
     for (nsid, _) in writes {
         pair.a.fault(nsid, "fail_writes_after", json!({ "count": 0 }));
@@ -289,4 +299,74 @@ fn strangers_and_bad_frames_on_the_interconnect_are_refused() {
     assert_eq!(field(&mirror, "degraded_acks"), 0, "no write completed with one copy: {mirror}");
     let log = pair.a.node.log();
     assert!(log.contains("partner connection refused"), "a logs each refusal");
+}
+
+#[test]
+fn the_partner_writes_what_the_owners_medium_failed() {
+    // a's medium fails for the whole test: a must not give up on it.
+    let pair = Pair::start_with("pair-eio", 600_000);
+    pair.a.fault(1, "fail_writes_after", json!({ "count": 0 }));
+    let (_c, mut q) = pair.a.connect(1, 32);
+    let writes = 150u64;
+    for lba in 0..writes {
+        q[0].write(1, lba, &pattern(lba, 1, 5)).expect("the host sees no error");
+    }
+    wait_until(Duration::from_secs(30), "b to write a's failed records and a to release them", || {
+        field(&pair.a.mirror(1), "records_staged") == 0
+    });
+    let mirror = pair.a.mirror(1);
+    assert!(field(&mirror, "partner_writes") >= writes, "{mirror}");
+    assert!(field(&pair.b.second_store(1), "medium_writes") >= writes);
+    let injected = pair.a.fault(1, "fail_writes_after", json!({ "count": 0 }));
+    assert!(injected["injected"].as_u64().unwrap_or(0) > 0, "a's medium really failed: {injected}");
+    for lba in 0..writes {
+        let on_medium = read_file_blocks(&medium_path(&pair.scratch, 1), lba, 1);
+        if let Some(d) = first_difference(lba, &on_medium, &pattern(lba, 1, 5)) {
+            panic!("medium file: {d}");
+        }
+    }
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    for lba in 0..writes {
+        q[0].read(1, lba, &mut buf).expect("read through a");
+        assert!(first_difference(lba, &buf, &pattern(lba, 1, 5)).is_none());
+    }
+    assert!(!pair.a.mirror(1)["medium_stopped"].as_bool().unwrap_or(true));
+}
+
+#[test]
+fn an_owner_whose_medium_stays_failed_stops_taking_writes() {
+    let mut pair = Pair::start("pair-stop");
+    pair.b.node.kill9();
+    wait_until(Duration::from_secs(30), "a to count b away", || pair.a.mirror(1)["state"] == "degraded");
+    pair.a.fault(1, "fail_writes_after", json!({ "count": 0 }));
+    let (_c, mut q) = pair.a.connect(1, 32);
+    let mut acked = 0u64;
+    let refused = loop {
+        match q[0].write(1, acked % NS_BLOCKS, &pattern(acked % NS_BLOCKS, 1, 6)) {
+            Ok(()) => acked += 1,
+            Err(HostError::Status { status, .. }) => break status,
+            Err(e) => panic!("write {acked}: {e}; a's log:\n{}", pair.a.node.log()),
+        }
+        assert!(acked < 1_000_000, "a never stopped taking writes");
+    };
+    assert_eq!(refused, NvmeStatus::ANA_INACCESSIBLE);
+    assert!(acked > 0, "writes were taken before the limit");
+    let mirror = pair.a.mirror(1);
+    assert_eq!(mirror["medium_stopped"], true, "{mirror}");
+    assert_eq!(pair.a.group(1)["ana"][0]["state"], "inaccessible");
+    assert!(acked < NS_BLOCKS, "the ring fills before the namespace does");
+    assert_eq!(field(&mirror, "records_staged"), acked, "every acknowledged write is staged: {mirror}");
+    pair.a.fault(1, "heal", json!({}));
+    wait_until(Duration::from_secs(30), "a to take writes again", || {
+        pair.a.group(1)["ana"][0]["state"] == "optimized"
+    });
+    assert_eq!(field(&pair.a.mirror(1), "records_staged"), 0);
+    q[0].write(1, 0, &pattern(0, 1, 7)).expect("writes are taken again");
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    for lba in 1..acked {
+        q[0].read(1, lba, &mut buf).expect("read");
+        assert!(first_difference(lba, &buf, &pattern(lba, 1, 6)).is_none(), "lba {lba}");
+    }
+    pair.b.restart();
+    pair.wait_in_sync();
 }

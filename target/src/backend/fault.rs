@@ -64,6 +64,19 @@ impl FaultControl {
         self.state.fail_reads.store(false, Ordering::Relaxed);
     }
 
+    /// Whether a write of [slba, slba+nlb) would fail now; counts it as
+    /// injected if so. For writes that reach the medium by another path (the
+    /// partner writing an owner's failed records), so that a test's faults
+    /// apply to them too.
+    pub fn write_would_fail(&self, slba: u64, nlb: u32) -> bool {
+        let probe = BackendOp::WriteZeroes { slba, nlb };
+        let fail = self.should_fail(&probe);
+        if fail {
+            self.state.injected.fetch_add(1, Ordering::Relaxed);
+        }
+        fail
+    }
+
     /// How many operations were failed so far.
     pub fn injected(&self) -> u64 {
         self.state.injected.load(Ordering::Relaxed)

@@ -157,6 +157,8 @@ pub struct Flusher {
     stats: FlusherStats,
     /// The record at the cursor failed its CRC check; do not report it twice.
     corrupt_reported: bool,
+    /// A medium write or Flush failed and none has succeeded since.
+    failing: bool,
 }
 
 /// Why a flusher could not be built.
@@ -199,6 +201,7 @@ impl Flusher {
             events: VecDeque::with_capacity(EVENTS_MAX),
             stats: FlusherStats::default(),
             corrupt_reported: false,
+            failing: false,
         })
     }
 
@@ -224,6 +227,11 @@ impl Flusher {
     /// True if some batch failed and waits to be retried.
     pub fn has_failures(&self) -> bool {
         self.batches.iter().any(|b| b.state == BatchState::Queued && b.attempts > 0)
+    }
+    /// True from a failed medium write or Flush until one succeeds (a
+    /// retry in flight does not count as a recovery).
+    pub fn medium_failing(&self) -> bool {
+        self.failing
     }
     /// The earliest time a queued retry becomes due, if any.
     pub fn next_retry_ms(&self) -> Option<u64> {
@@ -406,6 +414,7 @@ impl Flusher {
         batch.state = BatchState::Queued;
         batch.buf = None;
         self.stats.write_failures += 1;
+        self.failing = true;
         let event = FlusherEvent::WriteFailed {
             first_seq: batch.first_seq,
             last_seq: batch.last_seq,
@@ -435,11 +444,13 @@ impl Flusher {
             self.flush_in_flight = false;
             match completion.result {
                 Ok(()) => {
+                    self.failing = false;
                     for batch in self.batches.iter_mut().filter(|b| b.state == BatchState::Flushing) {
                         batch.state = BatchState::Durable;
                     }
                 }
                 Err(error) => {
+                    self.failing = true;
                     self.stats.flush_failures += 1;
                     let (first_seq, last_seq) = self.written_range(BatchState::Flushing);
                     self.push_event(FlusherEvent::FlushFailed { first_seq, last_seq, error });
@@ -466,6 +477,7 @@ impl Flusher {
         );
         match completion.result {
             Ok(()) => {
+                self.failing = false;
                 let batch = &mut self.batches[index];
                 batch.state =
                     if writes_durable || batch.fua { BatchState::Durable } else { BatchState::Written };
@@ -473,6 +485,27 @@ impl Flusher {
             Err(error) => self.fail_batch(index, error, now_ms),
         }
         true
+    }
+
+    /// The partner wrote records `first_seq..=last_seq` (which failed here)
+    /// to the medium from its second store and made them durable: the
+    /// batches within that range that wait for a retry are durable now. A
+    /// batch in flight again is left to its own completion. Returns the
+    /// records marked.
+    pub fn durable_elsewhere(&mut self, first_seq: u64, last_seq: u64) -> u64 {
+        let mut marked = 0;
+        for batch in self.batches.iter_mut() {
+            if batch.state == BatchState::Queued
+                && batch.attempts > 0
+                && batch.first_seq >= first_seq
+                && batch.last_seq <= last_seq
+            {
+                batch.state = BatchState::Durable;
+                batch.buf = None;
+                marked += batch.last_seq - batch.first_seq + 1;
+            }
+        }
+        marked
     }
 
     /// Pops the leading durable batches and returns the highest sequence such

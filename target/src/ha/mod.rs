@@ -403,6 +403,25 @@ impl<R: PersistentRegion> StagingLog<R> {
         self.ring.release_through(through);
     }
 
+    /// The partner made records `first_seq..=last_seq`, whose medium writes
+    /// failed here, durable on the medium from its second store: they are
+    /// released like records this node wrote. Returns the records marked.
+    pub fn durable_elsewhere(&mut self, first_seq: u64, last_seq: u64) -> u64 {
+        let marked = self.flusher.durable_elsewhere(first_seq, last_seq);
+        self.release_durable();
+        marked
+    }
+
+    /// Whether some medium write failed and waits to be retried.
+    pub fn has_medium_failures(&self) -> bool {
+        self.flusher.has_failures()
+    }
+
+    /// From a failed medium write until one succeeds.
+    pub fn medium_failing(&self) -> bool {
+        self.flusher.medium_failing()
+    }
+
     /// The next flusher event (write failures for the partner, corruption).
     pub fn take_event(&mut self) -> Option<FlusherEvent> {
         self.flusher.take_event()

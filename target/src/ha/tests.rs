@@ -989,3 +989,62 @@ fn a_version_1_ring_with_staged_writes_is_refused_until_adopted() {
     assert_eq!((scan.records_found, scan.medium_rebound), (3, true));
     assert!(log.ring().medium().is_some_and(|m| m.same_medium(&layout::test_medium(7))));
 }
+
+/// Polls the flusher and the backend `passes` times (a counter clock).
+fn pump_passes(log: &mut StagingLog<MemRegion>, backend: &mut FaultBackend<RamBackend>, passes: u64) {
+    let mut completions = Vec::new();
+    for now in 0..passes {
+        log.poll_flusher(backend, now * 10);
+        completions.clear();
+        backend.poll_completions(&mut completions);
+        for c in completions.drain(..) {
+            assert!(log.on_backend_completion(backend, c, now * 10).is_none());
+        }
+    }
+}
+
+#[test]
+fn records_the_partner_wrote_after_a_medium_failure_are_released() {
+    let mut log =
+        StagingLog::format(MemRegion::new(256 * 1024), &ring_config(), flusher_config()).expect("format");
+    let mut backend = FaultBackend::new(RamBackend::new(BLOCK, 64).expect("ram"));
+    backend.control().fail_writes_after(0);
+    for i in 0..3u64 {
+        log.stage(1, i * 8, 8, &[i as u8 + 1; 4096]).expect("stage");
+    }
+    pump_passes(&mut log, &mut backend, 5);
+    assert!(log.has_medium_failures());
+    assert_eq!(log.released_seq(), 0, "nothing is on the medium");
+    let mut events = 0;
+    while let Some(event) = log.take_event() {
+        assert!(matches!(event, FlusherEvent::WriteFailed { .. }), "{event:?}");
+        events += 1;
+    }
+    assert!(events > 0);
+    // The partner wrote records 1..=3 from its second store.
+    assert_eq!(log.durable_elsewhere(1, 3), 3);
+    assert_eq!(log.released_seq(), 3);
+    assert_eq!(log.medium_through(), 3);
+    assert!(!log.has_medium_failures());
+    // Nothing is retried afterwards, and a report for other records marks nothing.
+    assert_eq!(log.durable_elsewhere(4, 9), 0);
+    pump_passes(&mut log, &mut backend, 5);
+    assert_eq!(log.take_event(), None);
+}
+
+#[test]
+fn the_release_limit_holds_records_back_until_raised() {
+    let mut log =
+        StagingLog::format(MemRegion::new(256 * 1024), &ring_config(), flusher_config()).expect("format");
+    let mut backend = FaultBackend::new(RamBackend::new(BLOCK, 64).expect("ram"));
+    log.set_release_limit(2);
+    for i in 0..4u64 {
+        log.stage(1, i * 8, 8, &[i as u8 + 1; 4096]).expect("stage");
+    }
+    pump_passes(&mut log, &mut backend, 5);
+    assert_eq!(log.medium_through(), 4, "the medium has all four");
+    assert_eq!(log.released_seq(), 2, "only two may be released");
+    assert!(log.ring().record(3).is_some(), "record 3 stays in the ring");
+    log.set_release_limit(u64::MAX);
+    assert_eq!(log.released_seq(), 4);
+}

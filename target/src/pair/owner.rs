@@ -34,9 +34,11 @@ use tracing::{error, info, warn};
 use super::dialer::{Attached, DialRequests};
 use super::{LinkCounters, CONTROL_ONLY_PAYLOAD_BYTES_MAX};
 use crate::config::PartnerAway;
+use crate::ctrl::{AnaState, TargetState};
 use crate::ha::ack::MirrorMode;
-use crate::ha::link::frame::{encode, Frame, FrameDecoder};
+use crate::ha::link::frame::{encode, Frame, FrameDecoder, SeqRange, SeqRanges};
 use crate::ha::mirror::{MirrorSender, StoreDecision};
+use crate::ha::FlusherEvent;
 use crate::ha::StagingLog;
 
 /// Bytes of encoded frames a link buffers towards the partner.
@@ -93,7 +95,17 @@ pub struct MirrorStatus {
     pub formats: AtomicU64,
     /// Writes acknowledged with one copy while the partner was away.
     pub degraded_acks: AtomicU64,
+    /// Records whose medium write failed here and that the partner wrote
+    /// to the medium from its second store.
+    pub partner_writes: AtomicU64,
+    /// The medium failed for longer than `pair.medium_failed_limit_ms`: the
+    /// group's writes are refused here (ANA inaccessible) until it recovers.
+    pub medium_stopped: AtomicBool,
 }
+
+/// Failed-sequence reports the owner keeps outstanding at most; later
+/// failures are reported after the next retry fails again.
+const FAILED_OUTSTANDING_MAX: usize = 32;
 
 struct OwnerConn {
     stream: TcpStream,
@@ -124,6 +136,15 @@ pub struct MirrorLink {
     dial: DialRequests,
     pub status: Arc<MirrorStatus>,
     counters: Arc<LinkCounters>,
+    /// Failed ranges to report to the partner, and those it is writing:
+    /// (batch id, first seq, last seq, sent).
+    failed: Vec<(u64, u64, u64, bool)>,
+    next_failed_batch: u64,
+    /// Since when the medium has had writes failing and waiting for a retry.
+    medium_failing_since: Option<Instant>,
+    medium_failed_limit: Duration,
+    /// The group's ANA state on this node's ports, set when the medium fails too long.
+    ana: Option<(Arc<TargetState>, u32)>,
 }
 
 impl MirrorLink {
@@ -136,6 +157,7 @@ impl MirrorLink {
         pair: &crate::config::PairConfig,
         dial: DialRequests,
         counters: Arc<LinkCounters>,
+        ana: Option<(Arc<TargetState>, u32)>,
     ) -> MirrorLink {
         let sender = MirrorSender::new(log.ring());
         log.set_release_limit(sender.releasable_through(u64::MAX));
@@ -154,7 +176,34 @@ impl MirrorLink {
             dial,
             status: Arc::new(MirrorStatus::default()),
             counters,
+            failed: Vec::with_capacity(FAILED_OUTSTANDING_MAX),
+            next_failed_batch: 1,
+            medium_failing_since: None,
+            medium_failed_limit: Duration::from_millis(pair.medium_failed_limit_ms),
+            ana,
         }
+    }
+
+    /// A flusher event: a medium write that failed is reported to the
+    /// partner, which writes the records from its second store (when it
+    /// holds them) and answers.
+    pub fn on_flusher_event(&mut self, event: &FlusherEvent) {
+        let (first, last) = match *event {
+            FlusherEvent::WriteFailed { first_seq, last_seq, .. } => (first_seq, last_seq),
+            FlusherEvent::FlushFailed { first_seq, last_seq, .. } if first_seq <= last_seq => {
+                (first_seq, last_seq)
+            }
+            _ => return,
+        };
+        if self.conn.is_none()
+            || last > self.sender.held_through()
+            || self.failed.len() >= FAILED_OUTSTANDING_MAX
+            || self.failed.iter().any(|&(_, f, l, _)| f <= first && last <= l)
+        {
+            return;
+        }
+        self.failed.push((self.next_failed_batch, first, last, false));
+        self.next_failed_batch += 1;
     }
 
     pub fn store_id(&self) -> u64 {
@@ -254,6 +303,9 @@ impl MirrorLink {
             warn!(nsid = self.nsid, partner = %self.partner, why, "mirror: connection to the partner lost");
         }
         self.status.link_up.store(false, Ordering::Relaxed);
+        // Reports in flight are lost with the connection; the next failed
+        // retry reports its records again.
+        self.failed.clear();
         self.down_since.get_or_insert_with(Instant::now);
         self.dial.request(self.store_id);
     }
@@ -273,6 +325,7 @@ impl MirrorLink {
             }
         }
         self.check_away(now);
+        self.check_medium(log, now);
         log.set_release_limit(self.release_limit());
         if let Some(target) = self.resync_target {
             if self.sender.held_through() >= target && self.conn.is_some() {
@@ -289,6 +342,38 @@ impl MirrorLink {
             (true, PartnerAway::WriteBack | PartnerAway::WriteThrough) => u64::MAX,
             _ => self.sender.releasable_through(u64::MAX),
         }
+    }
+
+    /// A medium that keeps failing past `pair.medium_failed_limit_ms`: this
+    /// node stops taking writes for the group (its ports report the group
+    /// inaccessible), and takes them again once the medium works.
+    fn check_medium<R: PersistentRegion>(&mut self, log: &StagingLog<R>, now: Instant) {
+        if !log.medium_failing() {
+            self.medium_failing_since = None;
+            if self.status.medium_stopped.swap(false, Ordering::Relaxed) {
+                if let Some((target, group)) = &self.ana {
+                    target.set_ana_state(None, *group, AnaState::Optimized);
+                }
+                warn!(nsid = self.nsid, "the medium works again: taking writes for the group again");
+            }
+            return;
+        }
+        let since = *self.medium_failing_since.get_or_insert(now);
+        if now.duration_since(since) < self.medium_failed_limit
+            || self.status.medium_stopped.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        self.status.medium_stopped.store(true, Ordering::Relaxed);
+        if let Some((target, group)) = &self.ana {
+            target.set_ana_state(None, *group, AnaState::Inaccessible);
+        }
+        error!(
+            nsid = self.nsid,
+            limit_ms = self.medium_failed_limit.as_millis() as u64,
+            "the medium has failed writes for longer than pair.medium_failed_limit_ms: this node stops \
+                taking writes for the group (ANA inaccessible); staged writes stay in both stores"
+        );
     }
 
     fn check_away(&mut self, now: Instant) {
@@ -318,7 +403,11 @@ impl MirrorLink {
     }
 
     /// Reads the partner's frames and writes ours. Err: the connection is unusable.
-    fn exchange<R: PersistentRegion>(&mut self, log: &StagingLog<R>, now: Instant) -> Result<bool, String> {
+    fn exchange<R: PersistentRegion>(
+        &mut self,
+        log: &mut StagingLog<R>,
+        now: Instant,
+    ) -> Result<bool, String> {
         let timeout = self.timeout;
         let Some(conn) = self.conn.as_mut() else { return Ok(false) };
         let mut busy = false;
@@ -347,6 +436,30 @@ impl MirrorLink {
                                 self.counters.rtt_us.store(rtt.max(1), Ordering::Relaxed);
                                 conn.heartbeat_sent = None;
                             }
+                        }
+                    }
+                    Frame::FailedDone { batch_id, written_count, status } => {
+                        let Some(at) =
+                            self.failed.iter().position(|&(id, _, _, sent)| id == batch_id && sent)
+                        else {
+                            self.counters.count_refused();
+                            return Err(format!("FailedDone for batch {batch_id}, which was not sent"));
+                        };
+                        let (_, first, last, _) = self.failed.swap_remove(at);
+                        if status == 0 {
+                            let marked = log.durable_elsewhere(first, last);
+                            self.status.partner_writes.fetch_add(marked, Ordering::Relaxed);
+                            info!(
+                                nsid = self.nsid,
+                                first,
+                                last,
+                                written_count,
+                                marked,
+                                "the partner wrote records whose medium write failed here"
+                            );
+                        } else {
+                            warn!(nsid = self.nsid, first, last, status,
+                                  "the partner could not write the failed records; they stay staged and are retried");
                         }
                     }
                     Frame::Goodbye { reason } => {
@@ -395,6 +508,17 @@ impl MirrorLink {
                 }
             }
         }
+        for entry in self.failed.iter_mut().filter(|e| !e.3) {
+            let range = [SeqRange { first: entry.1, last: entry.2 }];
+            let frame = Frame::FailedSeqs { batch_id: entry.0, ranges: SeqRanges::List(&range) };
+            match encode(&frame, &mut conn.out[conn.out_end..]) {
+                Ok(n) => {
+                    conn.out_end += n;
+                    entry.3 = true;
+                }
+                Err(_) => break,
+            }
+        }
         match self.sender.fill(log.ring(), &mut conn.out[conn.out_end..]) {
             Ok(n) => conn.out_end += n,
             Err(e) => {
@@ -435,6 +559,11 @@ impl MirrorLink {
         s.sent_through.store(self.sender.sent_through(), Ordering::Relaxed);
         s.held_through.store(self.sender.held_through(), Ordering::Relaxed);
         s.acked_through.store(self.sender.gate().acked_through(), Ordering::Relaxed);
+    }
+
+    /// The medium failed too long: this node takes no writes for the group.
+    pub fn medium_stopped(&self) -> bool {
+        self.status.medium_stopped.load(Ordering::Relaxed)
     }
 
     pub fn policy(&self) -> PartnerAway {

@@ -35,6 +35,8 @@ pub struct SecondStoreStatus {
     pub formatted: AtomicBool,
     /// StoreFormats received (a resync from the start).
     pub formats: AtomicU64,
+    /// Records written to the medium for the owner, whose own write failed.
+    pub medium_writes: AtomicU64,
 }
 
 /// One second store: the copy of one of the partner's rings.
@@ -44,6 +46,12 @@ pub struct SecondStore {
     pub nsid: u32,
     pub path: PathBuf,
     pub status: Arc<SecondStoreStatus>,
+    /// The shared medium the owner's ring stages for (a file or block
+    /// device), where this node writes records whose write failed on the owner.
+    pub medium: Option<PathBuf>,
+    /// The medium's fault injector on this node (`fault_injection = true`):
+    /// it applies to those writes too.
+    pub faults: std::sync::OnceLock<crate::backend::FaultControl>,
     inner: Mutex<StoreInner>,
 }
 
@@ -60,6 +68,7 @@ impl SecondStore {
         nsid: u32,
         path: PathBuf,
         receiver: MirrorReceiver<MappedRegion>,
+        medium: Option<PathBuf>,
     ) -> SecondStore {
         let status = Arc::new(SecondStoreStatus::default());
         publish(&status, &receiver);
@@ -69,6 +78,8 @@ impl SecondStore {
             nsid,
             path,
             status,
+            medium,
+            faults: std::sync::OnceLock::new(),
             inner: Mutex::new(StoreInner { receiver, generation: 0 }),
         }
     }
@@ -214,6 +225,7 @@ fn stream_frames(
         let now = Instant::now();
         let mut ack = None;
         let mut echo = None;
+        let mut done = Vec::new();
         {
             let mut inner = store.lock();
             if inner.generation != generation {
@@ -238,6 +250,10 @@ fn stream_frames(
                     Frame::Heartbeat { counter, sender_time_ms, .. } => {
                         echo = Some((*counter, *sender_time_ms))
                     }
+                    Frame::FailedSeqs { batch_id, ranges } => {
+                        let (written, status) = write_failed(store, &inner.receiver, ranges);
+                        done.push(Frame::FailedDone { batch_id: *batch_id, written_count: written, status });
+                    }
                     Frame::Goodbye { reason } => {
                         return Err(LinkError::Protocol(format!("the owner said goodbye ({reason:?})")))
                     }
@@ -245,6 +261,9 @@ fn stream_frames(
                 }
             }
             publish(&store.status, &inner.receiver);
+        }
+        for frame in &done {
+            link.send(frame)?;
         }
         if let Some(through) = ack {
             if through > acked {
@@ -278,4 +297,85 @@ fn stream_frames(
             return Err(LinkError::Silent(timeout.as_millis() as u64));
         }
     }
+}
+
+/// `FailedDone` status: every record of the ranges is written and durable.
+pub const FAILED_DONE_OK: u32 = 0;
+/// This node does not hold every record named (it was never sent, or freed).
+pub const FAILED_DONE_NOT_HELD: u32 = 1;
+/// A held record does not match its CRC: not written.
+pub const FAILED_DONE_CORRUPT: u32 = 2;
+/// The medium refused the write or the sync (or none is configured).
+pub const FAILED_DONE_MEDIUM: u32 = 3;
+
+/// Writes the records of `ranges` from the second store to the shared
+/// medium, in sequence order, then makes them durable (fdatasync). Returns
+/// the records written and a `FAILED_DONE_*` status; on any error the owner
+/// keeps its records staged and retries itself.
+fn write_failed<R: PersistentRegion>(
+    store: &SecondStore,
+    receiver: &MirrorReceiver<R>,
+    ranges: &crate::ha::link::frame::SeqRanges<'_>,
+) -> (u64, u32) {
+    use std::os::unix::fs::FileExt;
+    let Some(ring) = receiver.store() else { return (0, FAILED_DONE_NOT_HELD) };
+    let Some(path) = &store.medium else { return (0, FAILED_DONE_MEDIUM) };
+    // Check every record before writing any.
+    let mut records = Vec::new();
+    for range in ranges.iter() {
+        if range.last - range.first >= 1 << 20 {
+            return (0, FAILED_DONE_NOT_HELD);
+        }
+        for seq in range.first..=range.last {
+            let Some(info) = ring.record(seq) else { return (0, FAILED_DONE_NOT_HELD) };
+            if info.cancelled {
+                continue;
+            }
+            if !ring.verify_record(&info) {
+                warn!(
+                    nsid = store.nsid,
+                    seq, "second store: a record the owner failed to write does not match its CRC"
+                );
+                return (0, FAILED_DONE_CORRUPT);
+            }
+            records.push(info);
+        }
+    }
+    let file = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(
+                nsid = store.nsid,
+                medium = %path.display(),
+                error = %e,
+                "cannot open the medium for the owner's failed records"
+            );
+            return (0, FAILED_DONE_MEDIUM);
+        }
+    };
+    let mut written = 0u64;
+    for info in &records {
+        if store.faults.get().is_some_and(|f| f.write_would_fail(info.slba, info.nlb)) {
+            warn!(nsid = store.nsid, seq = info.seq, "medium write for the owner failed (injected)");
+            return (written, FAILED_DONE_MEDIUM);
+        }
+        let block_bytes = (info.data_len / info.nlb as usize) as u64;
+        let data = ring.record_data(info);
+        if let Err(e) = file.write_all_at(data, info.slba * block_bytes) {
+            warn!(nsid = store.nsid, seq = info.seq, error = %e, "medium write for the owner failed");
+            return (written, FAILED_DONE_MEDIUM);
+        }
+        written += 1;
+    }
+    if let Err(e) = file.sync_data() {
+        warn!(nsid = store.nsid, error = %e, "medium sync for the owner failed");
+        return (written, FAILED_DONE_MEDIUM);
+    }
+    store.status.medium_writes.fetch_add(written, Ordering::Relaxed);
+    info!(
+        nsid = store.nsid,
+        records = written,
+        "wrote the owner's failed records to the medium from the second store"
+    );
+    (written, FAILED_DONE_OK)
 }

@@ -154,6 +154,12 @@ impl Staged {
         }
     }
 
+    /// The group stopped taking writes (its medium failed too long): writes
+    /// waiting for ring space are answered with the ANA status.
+    pub fn refuses_writes(&self) -> bool {
+        self.mirror.as_ref().is_some_and(|m| m.medium_stopped())
+    }
+
     /// Whether anything waits on the flusher (the reactor must keep polling).
     pub fn has_waiters(&self) -> bool {
         !self.awaiting_durable.is_empty()
@@ -197,6 +203,9 @@ impl NsMedia {
                     busy |= mirror.poll(&mut st.log);
                 }
                 while let Some(event) = st.log.take_event() {
+                    if let Some(mirror) = st.mirror.as_mut() {
+                        mirror.on_flusher_event(&event);
+                    }
                     match event {
                         FlusherEvent::WriteFailed { .. } | FlusherEvent::FlushFailed { .. } => {
                             st.status.medium_failures.fetch_add(1, Ordering::Relaxed);

@@ -636,6 +636,16 @@ impl PollGroup {
             }
         }
         self.ready = ready;
+        // Writes that waited for ring space while the group stopped taking
+        // writes: answered with the ANA status, never acknowledged late.
+        if self.media[si][ni].staged.as_ref().is_some_and(|st| st.refuses_writes()) {
+            while let Some(tag) =
+                self.media[si][ni].staged.as_mut().and_then(|st| st.awaiting_space.pop_front())
+            {
+                self.complete_tag(tag, ReqState::WaitingForRing, NvmeStatus::ANA_INACCESSIBLE);
+                busy = true;
+            }
+        }
         // Writes that waited for ring space: start them now if room freed up.
         while let Some(&tag) = self.media[si][ni].staged.as_ref().and_then(|st| st.awaiting_space.front()) {
             if self.request_mut(tag, ReqState::WaitingForRing).is_none() {
@@ -876,6 +886,14 @@ impl PollGroup {
                                 "internal: staged write to an unstaged namespace".into(),
                             ));
                         };
+                        if st.refuses_writes() {
+                            // The group stopped taking writes while this one
+                            // waited: it is answered, never acknowledged late.
+                            r.status = NvmeStatus::ANA_INACCESSIBLE;
+                            r.state = ReqState::ReceivingCapsuleData;
+                            conn.sink = DataSink::Discard;
+                            return Ok(true);
+                        }
                         match st.log.reserve(r.data_len) {
                             Ok(res) => {
                                 let tag = make_tag(slot, conn.gen, req);
@@ -896,6 +914,10 @@ impl PollGroup {
                             Err(e) => {
                                 warn!(error = %e, "staging refused a write");
                                 r.status = NvmeStatus::INTERNAL_ERROR;
+                                // It may have waited for ring space: the data
+                                // is discarded and the command answered once
+                                // it is in (`on_data_done`).
+                                r.state = ReqState::ReceivingCapsuleData;
                                 conn.sink = DataSink::Discard;
                                 Ok(true)
                             }

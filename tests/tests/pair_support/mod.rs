@@ -23,6 +23,8 @@ pub const PAIR_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899
 pub const NS_BLOCKS: u64 = 4096;
 /// How long without a frame before a node counts its partner as away.
 pub const PARTNER_TIMEOUT_MS: u64 = 500;
+/// How long the medium may fail writes before its owner stops taking them.
+pub const MEDIUM_FAILED_LIMIT_MS: u64 = 1500;
 
 /// One node of the pair. Field order: the process goes before its ring dir.
 pub struct PairNode {
@@ -53,6 +55,7 @@ const SIDES: [Side; 2] = [
     Side { name: "b", node_id: 2, port_id: 2, cntlid: ("0x8000", "0xffef"), home_group: 2 },
 ];
 
+#[allow(clippy::too_many_arguments)] // one config per side: every field differs
 fn config(
     me: &Side,
     other: &Side,
@@ -61,6 +64,7 @@ fn config(
     scratch: &Scratch,
     rpc: &std::path::Path,
     shm: &ShmDir,
+    medium_failed_limit_ms: u64,
 ) -> String {
     let mut c = format!(
         "[node]\nname = \"{}\"\ncntlid_min = {}\ncntlid_max = {}\ncores = [0]\npoll = \"adaptive\"\n\
@@ -90,7 +94,7 @@ fn config(
         "\n[staging]\ndomain = \"shm\"\ndir = \"{}\"\nring_size = \"16MiB\"\n\n\
          [pair]\nnode_id = {}\npartner = \"{}\"\npartner_id = {}\nlisten = \"{}\"\npartner_addr = \"{}\"\n\
          key = \"{PAIR_KEY}\"\nhome_groups = [{}]\npartner_away = \"write-back\"\n\
-         partner_timeout_ms = {PARTNER_TIMEOUT_MS}\n",
+         partner_timeout_ms = {PARTNER_TIMEOUT_MS}\nmedium_failed_limit_ms = {medium_failed_limit_ms}\n",
         shm.path.display(),
         me.node_id,
         other.name,
@@ -109,6 +113,11 @@ pub fn medium_path(scratch: &Scratch, nsid: u32) -> PathBuf {
 impl Pair {
     /// Starts both nodes and waits until each mirrors its group into the other.
     pub fn start(name: &str) -> Pair {
+        Pair::start_with(name, MEDIUM_FAILED_LIMIT_MS)
+    }
+
+    /// `start`, with the medium allowed to fail for `medium_failed_limit_ms`.
+    pub fn start_with(name: &str, medium_failed_limit_ms: u64) -> Pair {
         let scratch = Scratch::new(name);
         let addrs = [loopback(free_port()), loopback(free_port())];
         let links = [loopback(free_port()), loopback(free_port())];
@@ -125,6 +134,7 @@ impl Pair {
                 &scratch,
                 &rpc_socket,
                 &shm,
+                medium_failed_limit_ms,
             );
             let node = NodeProcess::start(&scratch.path, me.name, &text, &[addrs[i]]);
             nodes.push(PairNode { node, name: me.name, addr: addrs[i], link: links[i], rpc_socket, shm });

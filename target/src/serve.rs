@@ -812,7 +812,7 @@ fn open_second_store(
         BackendKind::File => ns.path.clone(),
         BackendKind::Ram => None,
     };
-    Ok(SecondStore::new(id, subnqn.to_string(), nsid, path, receiver, medium))
+    Ok(SecondStore::new(id, subnqn.to_string(), nsid, path, receiver, medium, ns.block_size))
 }
 
 pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> anyhow::Result<()> {

@@ -28,6 +28,13 @@
 //!   a's medium failing past `pair.medium_failed_limit_ms` makes a report its
 //!   group inaccessible (writes refused with the ANA status, nothing lost);
 //!   once the medium works, a drains its staging and takes writes again.
+//! - `write_zeroes_and_deallocate_are_mirrored_records`: with a's medium
+//!   failing, a write, then Write Zeroes and Deallocate over parts of it, and
+//!   a write inside the zeroed range: each is a record in a's ring and in b's
+//!   second store (b holds exactly a's staged count), reads through a show
+//!   zeroes where they belong; a is killed and restarted, recovery replays
+//!   the records in order and the medium file ends with zeroes, not the
+//!   older data.
 //! - `strangers_and_bad_frames_on_the_interconnect_are_refused`: garbage,
 //!   a handshake with the wrong key and, from a peer that knows the key, a
 //!   corrupted frame, all at a's interconnect port while a host writes
@@ -369,4 +376,64 @@ fn an_owner_whose_medium_stays_failed_stops_taking_writes() {
     }
     pair.b.restart();
     pair.wait_in_sync();
+}
+
+fn deallocate(q: &mut tandem_nvmf::host::IoQueue, nsid: u32, ranges: &[(u64, u32)]) {
+    q.submit(tandem_nvmf::host::IoCommand::Deallocate { nsid, ranges }, 77).expect("submit a Deallocate");
+    let mut status = None;
+    while status.is_none() {
+        q.poll(Some(Duration::from_secs(30)), &mut |c| status = Some(c.status)).expect("poll");
+    }
+    assert_eq!(status, Some(NvmeStatus::SUCCESS), "Deallocate");
+}
+
+#[test]
+fn write_zeroes_and_deallocate_are_mirrored_records() {
+    let mut pair = Pair::start_with("pair-zeroes", 600_000);
+    pair.a.fault(1, "fail_writes_after", json!({ "count": 0 }));
+    // b must not write a's failed records for it: its path fails too.
+    pair.b.fault(1, "fail_writes_after", json!({ "count": 0 }));
+    let (c, mut q) = pair.a.connect(1, 32);
+    // The model of the 32 blocks from LBA 0, generation per block (0 = zeroes).
+    let mut model = [0u64; 32];
+    q[0].write(1, 0, &pattern(0, 32, 1)).expect("a 128 KiB write");
+    model.fill(1);
+    q[0].write_zeroes(1, 4, 8).expect("Write Zeroes of 4..12");
+    model[4..12].fill(0);
+    deallocate(&mut q[0], 1, &[(16, 4), (24, 2)]);
+    model[16..20].fill(0);
+    model[24..26].fill(0);
+    q[0].write(1, 6, &pattern(6, 2, 2)).expect("a write inside the zeroed range");
+    model[6..8].fill(2);
+    let staged = 1 + 1 + 2 + 1;
+    let mirror = pair.a.mirror(1);
+    assert_eq!(field(&mirror, "records_staged"), staged, "each is a record of its own: {mirror}");
+    assert_eq!(field(&pair.b.second_store(1), "records_held"), staged, "b holds every one");
+    let expect = |lba: usize| {
+        if model[lba] == 0 {
+            vec![0u8; BLOCK_BYTES]
+        } else {
+            pattern(lba as u64, 1, model[lba])
+        }
+    };
+    let mut buf = vec![0u8; 32 * BLOCK_BYTES];
+    q[0].read(1, 0, &mut buf).expect("read through a");
+    for lba in 0..32 {
+        let got = &buf[lba * BLOCK_BYTES..(lba + 1) * BLOCK_BYTES];
+        assert!(first_difference(lba as u64, got, &expect(lba)).is_none(), "read of lba {lba}: {model:?}");
+    }
+    drop((c, q));
+    // a dies with all five records staged; b still holds them too.
+    pair.a.node.kill9();
+    pair.a.restart();
+    assert!(pair.a.node.log().contains("staging ring recovered"));
+    let on_medium = read_file_blocks(&medium_path(&pair.scratch, 1), 0, 32);
+    for lba in 0..32 {
+        let got = &on_medium[lba * BLOCK_BYTES..(lba + 1) * BLOCK_BYTES];
+        assert!(first_difference(lba as u64, got, &expect(lba)).is_none(), "medium lba {lba} after replay");
+    }
+    pair.wait_in_sync();
+    wait_until(Duration::from_secs(30), "b to free the replayed records", || {
+        field(&pair.b.second_store(1), "records_held") == 0
+    });
 }

@@ -26,6 +26,7 @@
 //! Tags: every operation the flusher submits has bit 63 set; the caller routes
 //! completions with that bit here and keeps the rest of the tag space.
 
+use super::layout::RecordKind;
 use super::ring::{RecordInfo, Ring};
 use crate::backend::{Backend, BackendCompletion, BackendError, BackendOp};
 use std::collections::VecDeque;
@@ -111,6 +112,8 @@ struct Batch {
     slba: u64,
     nlb: u32,
     bytes: usize,
+    /// Data (written from `buf`), or one Write Zeroes / Deallocate record.
+    kind: RecordKind,
     state: BatchState,
     buf: Option<DmaBuf>,
     attempts: u32,
@@ -122,7 +125,7 @@ impl Batch {
     fn overlaps(&self, info: &RecordInfo) -> bool {
         // One log writes to one medium, so LBAs collide across namespace ids.
         self.state != BatchState::Durable
-            && self.bytes > 0
+            && (self.bytes > 0 || self.kind.is_op())
             && self.slba < info.slba + info.nlb as u64
             && info.slba < self.slba + self.nlb as u64
     }
@@ -266,7 +269,7 @@ impl Flusher {
             if backend.in_flight() >= backend.queue_depth_max() {
                 break;
             }
-            if self.batches[index].buf.is_none() {
+            if self.batches[index].buf.is_none() && !self.batches[index].kind.is_op() {
                 // A retry: the records are still staged, copy them again.
                 let Some(buf) = self.pool.get() else { break };
                 let batch = &mut self.batches[index];
@@ -274,9 +277,19 @@ impl Flusher {
                 copy_batch(ring, batch);
             }
             let batch = &mut self.batches[index];
-            let Some(buf) = batch.buf.take() else { continue };
             batch.fua = self.config.use_fua && !writes_durable;
-            let op = BackendOp::Write { slba: batch.slba, nlb: batch.nlb, buf, fua: batch.fua };
+            let op = match batch.kind {
+                RecordKind::Zeroes => BackendOp::WriteZeroes { slba: batch.slba, nlb: batch.nlb },
+                RecordKind::Deallocate => BackendOp::Deallocate { slba: batch.slba, nlb: batch.nlb },
+                RecordKind::Data => {
+                    let Some(buf) = batch.buf.take() else { continue };
+                    BackendOp::Write { slba: batch.slba, nlb: batch.nlb, buf, fua: batch.fua }
+                }
+            };
+            // Write Zeroes and Deallocate are made durable by the Flush after them.
+            if batch.kind.is_op() {
+                batch.fua = false;
+            }
             match backend.submit(FLUSHER_TAG_BIT | batch.id, op) {
                 Ok(()) => {
                     batch.state = BatchState::Writing;
@@ -330,6 +343,7 @@ impl Flusher {
                     slba: 0,
                     nlb: 0,
                     bytes: 0,
+                    kind: RecordKind::Data,
                     state: BatchState::Durable,
                     buf: None,
                     attempts: 0,
@@ -349,6 +363,28 @@ impl Flusher {
                 }
                 break;
             }
+            if first.kind.is_op() {
+                // A Write Zeroes or Deallocate: one record, one operation.
+                self.next_batch_id += 1;
+                self.cursor_seq += 1;
+                self.corrupt_reported = false;
+                self.batches.push_back(Batch {
+                    id,
+                    first_seq: first.seq,
+                    last_seq: first.seq,
+                    nsid: first.nsid,
+                    slba: first.slba,
+                    nlb: first.nlb,
+                    bytes: 0,
+                    kind: first.kind,
+                    state: BatchState::Queued,
+                    buf: None,
+                    attempts: 0,
+                    retry_at_ms: 0,
+                    fua: false,
+                });
+                continue;
+            }
             assert!(first.data_len <= self.pool.chunk_bytes(), "record larger than a flusher buffer");
             let Some(buf) = self.pool.get() else { break };
             let mut batch = Batch {
@@ -359,6 +395,7 @@ impl Flusher {
                 slba: first.slba,
                 nlb: first.nlb,
                 bytes: first.data_len,
+                kind: RecordKind::Data,
                 state: BatchState::Queued,
                 buf: Some(buf),
                 attempts: 0,
@@ -369,6 +406,7 @@ impl Flusher {
             while batch.last_seq < ring.durable_seq() {
                 let Some(next) = ring.record(batch.last_seq + 1) else { break };
                 let adjacent = !next.cancelled
+                    && next.kind == RecordKind::Data
                     && next.nsid == batch.nsid
                     && next.slba == batch.slba + batch.nlb as u64
                     && batch.bytes + next.data_len <= self.pool.chunk_bytes()

@@ -17,6 +17,10 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+/// The `data_offset` of an extent that reads as zeroes: a staged Write
+/// Zeroes or Deallocate, which has no data in the ring.
+pub const ZEROES: usize = usize::MAX;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Extent {
     /// One past the last LBA.
@@ -29,7 +33,8 @@ struct Extent {
 
 /// One staged piece of a read range: LBAs `lbas` of the read come from the
 /// ring at `data_offset` (`(lbas.end - lbas.start) * block_bytes` bytes),
-/// staged by record `seq`.
+/// staged by record `seq`; or, when `data_offset` is [`ZEROES`], read as
+/// zeroes (a staged Write Zeroes or Deallocate).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StagedExtent {
     pub lbas: Range<u64>,
@@ -79,7 +84,9 @@ impl StagingIndex {
             }
             if old.lba_end > end {
                 let skip_bytes = (end - key_start) as usize * old.block_bytes as usize;
-                self.extents.insert((nsid, end), Extent { data_offset: old.data_offset + skip_bytes, ..old });
+                let data_offset =
+                    if old.data_offset == ZEROES { ZEROES } else { old.data_offset + skip_bytes };
+                self.extents.insert((nsid, end), Extent { data_offset, ..old });
             }
         }
         self.extents.insert((nsid, start), Extent { lba_end: end, seq, data_offset, block_bytes });
@@ -116,8 +123,11 @@ impl StagingIndex {
             StagedExtent {
                 lbas: clip_start..clip_end,
                 seq: extent.seq,
-                data_offset: extent.data_offset
-                    + (clip_start - key_start) as usize * extent.block_bytes as usize,
+                data_offset: if extent.data_offset == ZEROES {
+                    ZEROES
+                } else {
+                    extent.data_offset + (clip_start - key_start) as usize * extent.block_bytes as usize
+                },
                 block_bytes: extent.block_bytes,
             }
         })
@@ -189,6 +199,25 @@ mod tests {
         assert_eq!(pieces(&index, 0, 8), vec![(0..8, 1, offset(1, 0, 0))]);
         assert_eq!(index.overlaps(3, 0, 8).count(), 0);
         assert_eq!(index.overlaps(2, 7, 1).map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn zero_extents_split_and_clip_without_an_offset() {
+        let mut index = StagingIndex::new();
+        index.insert(1, 0, 16, 1, offset(1, 0, 0), BLOCK);
+        index.insert(1, 4, 4, 2, ZEROES, 0);
+        assert_eq!(
+            pieces(&index, 0, 16),
+            vec![(0..4, 1, offset(1, 0, 0)), (4..8, 2, ZEROES), (8..16, 1, offset(1, 0, 8))]
+        );
+        // A newer write into the zeroed range splits the zero extent.
+        index.insert(1, 5, 1, 3, offset(3, 5, 5), BLOCK);
+        assert_eq!(
+            pieces(&index, 4, 4),
+            vec![(4..5, 2, ZEROES), (5..6, 3, offset(3, 5, 5)), (6..8, 2, ZEROES)]
+        );
+        index.remove_record(1, 4, 4, 2);
+        assert_eq!(pieces(&index, 4, 4), vec![(5..6, 3, offset(3, 5, 5))]);
     }
 
     #[test]

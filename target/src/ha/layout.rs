@@ -63,6 +63,50 @@ pub const FLAG_PAD: u16 = 1 << 0;
 /// data arrived). The record keeps its sequence number so sequences stay dense;
 /// its data is not covered by the CRC and is never written to the medium.
 pub const FLAG_CANCELLED: u16 = 1 << 1;
+/// Record flag: a Write Zeroes of `nlb` blocks from `slba`; no data. Ordered
+/// and mirrored like a write, so that no replay brings older data back.
+pub const FLAG_ZEROES: u16 = 1 << 2;
+/// Record flag: a Deallocate of `nlb` blocks from `slba`; no data (the
+/// blocks read as zeroes afterwards, as DLFEAT says).
+pub const FLAG_DEALLOCATE: u16 = 1 << 3;
+
+/// What a record does to the medium.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Writes its data.
+    Data,
+    /// Writes zeroes (no data in the ring).
+    Zeroes,
+    /// Deallocates (no data in the ring).
+    Deallocate,
+}
+
+impl RecordKind {
+    /// The header flag of this kind (none for data).
+    pub fn flag(self) -> u16 {
+        match self {
+            RecordKind::Data => 0,
+            RecordKind::Zeroes => FLAG_ZEROES,
+            RecordKind::Deallocate => FLAG_DEALLOCATE,
+        }
+    }
+
+    /// The kind a header's flags name.
+    pub fn of_flags(flags: u16) -> RecordKind {
+        if flags & FLAG_ZEROES != 0 {
+            RecordKind::Zeroes
+        } else if flags & FLAG_DEALLOCATE != 0 {
+            RecordKind::Deallocate
+        } else {
+            RecordKind::Data
+        }
+    }
+
+    /// True for the kinds that carry no data.
+    pub fn is_op(self) -> bool {
+        self != RecordKind::Data
+    }
+}
 
 const _: () = assert!(HEARTBEAT_OFFSET + 8 <= CONTROL_OFFSET + 4096);
 const _: () = assert!(SUPERBLOCK_FIELDS_BYTES + 4 <= SUPERBLOCK_BYTES);
@@ -507,6 +551,20 @@ impl RecordHeader {
             nlb: get_u32(b, 44),
             data_len: get_u32(b, 48),
         })
+    }
+
+    /// Whether the fields fit together, for a record that is not a pad: a
+    /// data record has whole blocks of data; a Write Zeroes or Deallocate
+    /// has blocks and no data; a cancelled record's data does not count.
+    /// Unknown flags are refused.
+    pub fn shape_ok(&self) -> bool {
+        let data_len = self.data_len as u64;
+        match self.flags {
+            0 => self.nlb > 0 && data_len > 0 && data_len.is_multiple_of(self.nlb as u64),
+            FLAG_CANCELLED => true,
+            FLAG_ZEROES | FLAG_DEALLOCATE => self.nlb > 0 && data_len == 0,
+            _ => false,
+        }
     }
 
     /// True if the CRC covers the data of this record.

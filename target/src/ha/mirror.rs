@@ -369,7 +369,7 @@ impl<R: PersistentRegion> MirrorReceiver<R> {
 #[allow(clippy::reversed_empty_ranges)] // `1..=0`: "nothing acknowledged", as the gate returns it
 mod tests {
     use super::*;
-    use crate::ha::layout::test_medium;
+    use crate::ha::layout::{test_medium, RecordKind};
     use crate::ha::link::frame::{FrameDecoder, RECORD_FIXED_BYTES};
     use crate::ha::RingConfig;
     use tandem_env::persist::MemRegion;
@@ -428,15 +428,30 @@ mod tests {
         let mut send_buf = vec![0u8; 64 * 1024];
         let mut acked_through = 0u64;
         let (mut disconnects, mut refused, mut formats) = (0, 0, 0);
-        let mut staged = 0u64;
+        let (mut staged, mut ops) = (0u64, 0u64);
         for step in 0..4000u64 {
             match rng.next_u64() % 16 {
                 // A host write: staged and persisted locally, never acknowledged on that alone.
+                // One in four is a Write Zeroes or Deallocate (a record without data).
                 0..=3 if ring.free_bytes() > 5 * 4096 => {
                     let blocks = 1 + (rng.next_u64() % 2) as usize;
-                    let res = ring.reserve(blocks * 4096).expect("space");
-                    ring.data_mut(&res).fill(step as u8);
-                    let seq = ring.commit(res, 1, step * 4, blocks as u32).seq;
+                    let seq = match rng.next_u64() % 8 {
+                        0 => {
+                            let res = ring.reserve_op().expect("space");
+                            ops += 1;
+                            ring.commit_op(res, RecordKind::Zeroes, 1, step * 4, blocks as u32).seq
+                        }
+                        1 => {
+                            let res = ring.reserve_op().expect("space");
+                            ops += 1;
+                            ring.commit_op(res, RecordKind::Deallocate, 1, step * 4, blocks as u32).seq
+                        }
+                        _ => {
+                            let res = ring.reserve(blocks * 4096).expect("space");
+                            ring.data_mut(&res).fill(step as u8);
+                            ring.commit(res, 1, step * 4, blocks as u32).seq
+                        }
+                    };
                     staged += 1;
                     let acked = sender.local_durable(ring.durable_seq());
                     assert!(acked.is_empty() || held(&receiver) >= *acked.end(), "seed {seed}");
@@ -570,8 +585,9 @@ mod tests {
             assert_eq!(ring.record_data(info), receiver.store().expect("a second store").record_data(info));
         }
         assert!(
-            staged > 100 && disconnects > 0 && refused > 0 && formats > 0,
-            "seed {seed}: {staged} writes, {disconnects} disconnects, {refused} refused, {formats} formats"
+            staged > 100 && ops > 10 && disconnects > 0 && refused > 0 && formats > 0,
+            "seed {seed}: {staged} writes ({ops} without data), {disconnects} disconnects, {refused} refused, \
+             {formats} formats"
         );
     }
 

@@ -35,7 +35,7 @@ mod tests;
 
 pub use flusher::{Flusher, FlusherConfig, FlusherError, FlusherEvent, FlusherStats, FLUSHER_TAG_BIT};
 pub use index::{StagedExtent, StagingIndex};
-pub use layout::{MediumIdentity, RingConfig};
+pub use layout::{MediumIdentity, RecordKind, RingConfig};
 pub use recovery::{
     inspect, open_ring, open_second_store, Binding, RecoveryError, RingContents, ScanReport, StopReason,
 };
@@ -304,6 +304,44 @@ impl<R: PersistentRegion> StagingLog<R> {
         Ok(self.commit(reservation, nsid, slba, nlb))
     }
 
+    /// Stages a Write Zeroes or Deallocate of `nlb` blocks from `slba` as a
+    /// record of its own: ordered after every write before it and before
+    /// every write after it, on the medium and in the partner's copy. No data.
+    pub fn stage_op(
+        &mut self,
+        kind: RecordKind,
+        nsid: u32,
+        slba: u64,
+        nlb: u32,
+    ) -> Result<CommitOutcome, ReserveError> {
+        let reservation = self.reserve_op()?;
+        Ok(self.commit_op(reservation, kind, nsid, slba, nlb))
+    }
+
+    /// Reserves a record for [`StagingLog::commit_op`] (no data).
+    pub fn reserve_op(&mut self) -> Result<Reservation, ReserveError> {
+        let result = self.ring.reserve_op();
+        if matches!(result, Err(ReserveError::RingFull { .. })) {
+            self.ring_full += 1;
+        }
+        result
+    }
+
+    /// Commits a record reserved by [`StagingLog::reserve_op`].
+    pub fn commit_op(
+        &mut self,
+        reservation: Reservation,
+        kind: RecordKind,
+        nsid: u32,
+        slba: u64,
+        nlb: u32,
+    ) -> CommitOutcome {
+        self.records_committed += 1;
+        let outcome = self.ring.commit_op(reservation, kind, nsid, slba, nlb);
+        self.index_durable(&outcome);
+        outcome
+    }
+
     fn index_durable(&mut self, outcome: &CommitOutcome) {
         for seq in outcome.newly_durable.clone() {
             if let Some(info) = self.ring.record(seq) {
@@ -313,17 +351,20 @@ impl<R: PersistentRegion> StagingLog<R> {
     }
 
     /// The staged pieces of [slba, slba+nlb) of `nsid`, newest data only, in
-    /// LBA order, each with its bytes in the ring.
+    /// LBA order, each with its bytes in the ring (None: it reads as zeroes).
     pub fn staged_overlaps(
         &self,
         nsid: u32,
         slba: u64,
         nlb: u32,
-    ) -> impl Iterator<Item = (Range<u64>, &[u8])> + '_ {
+    ) -> impl Iterator<Item = (Range<u64>, Option<&[u8]>)> + '_ {
         let bytes = self.ring.region().bytes();
         self.index.overlaps(nsid, slba, nlb).map(move |extent| {
+            if extent.data_offset == index::ZEROES {
+                return (extent.lbas, None);
+            }
             let data = &bytes[extent.data_offset..extent.data_offset + extent.byte_len()];
-            (extent.lbas, data)
+            (extent.lbas, Some(data))
         })
     }
 
@@ -340,10 +381,17 @@ impl<R: PersistentRegion> StagingLog<R> {
         let mut blocks = 0;
         for (lbas, data) in self.staged_overlaps(nsid, slba, nlb) {
             let at = (lbas.start - slba) as usize * block_bytes as usize;
-            let Some(target) = out.get_mut(at..at + data.len()) else {
+            let len = (lbas.end - lbas.start) as usize * block_bytes as usize;
+            let Some(target) = out.get_mut(at..at + len) else {
                 return Err(StagingError::ReadBufferTooSmall { buf_bytes: out.len(), lbas, block_bytes });
             };
-            target.copy_from_slice(data);
+            match data {
+                Some(data) if data.len() == len => target.copy_from_slice(data),
+                Some(_) => {
+                    return Err(StagingError::ReadBufferTooSmall { buf_bytes: out.len(), lbas, block_bytes })
+                }
+                None => target.fill(0),
+            }
             blocks += lbas.end - lbas.start;
         }
         Ok(blocks)
@@ -523,7 +571,9 @@ impl<R: PersistentRegion> StagingLog<R> {
 }
 
 fn index_insert(index: &mut StagingIndex, info: &RecordInfo) {
-    if !info.cancelled {
+    if !info.cancelled && info.kind.is_op() {
+        index.insert(info.nsid, info.slba, info.nlb, info.seq, index::ZEROES, 0);
+    } else if !info.cancelled {
         let block_bytes = (info.data_len / info.nlb as usize) as u32;
         index.insert(info.nsid, info.slba, info.nlb, info.seq, info.data_offset, block_bytes);
     }

@@ -302,11 +302,7 @@ fn probe(bytes: &[u8], geometry: &Geometry, area_pos: u64, check_crc: bool) -> P
     let fits = if is_pad {
         data_len == 0 && area_pos != 0
     } else {
-        let whole_blocks = header.flags & FLAG_CANCELLED != 0
-            || (header.nlb > 0 && data_len.is_multiple_of(header.nlb as u64));
-        data_len > 0
-            && whole_blocks
-            && area_pos + geometry.record_total_bytes(data_len as usize) <= geometry.area_bytes
+        header.shape_ok() && area_pos + geometry.record_total_bytes(data_len as usize) <= geometry.area_bytes
     };
     if !fits {
         return Probe::Torn(header);

@@ -87,6 +87,7 @@ struct Slot {
     data_len: usize,
     state: SlotState,
     cancelled: bool,
+    kind: RecordKind,
     nsid: u32,
     slba: u64,
     nlb: u32,
@@ -103,6 +104,8 @@ pub struct RecordInfo {
     /// Region offset of the first data byte.
     pub data_offset: usize,
     pub cancelled: bool,
+    /// Data, or a Write Zeroes / Deallocate of `nlb` blocks (no data).
+    pub kind: RecordKind,
     pub durable: bool,
 }
 
@@ -173,7 +176,8 @@ impl<R: PersistentRegion> Ring<R> {
         tail_pos: u64,
     ) -> Ring<R> {
         let Superblock { geometry, medium } = superblock;
-        let slots_max = (geometry.area_bytes / (2 * geometry.record_align_bytes as u64)) as usize;
+        // A Write Zeroes or Deallocate record takes one aligned block.
+        let slots_max = (geometry.area_bytes / geometry.record_align_bytes as u64) as usize;
         let mut slots = VecDeque::with_capacity(slots_max);
         for record in recovered {
             slots.push_back(Slot {
@@ -183,6 +187,7 @@ impl<R: PersistentRegion> Ring<R> {
                 data_len: record.header.data_len as usize,
                 state: SlotState::Durable,
                 cancelled: record.header.flags & FLAG_CANCELLED != 0,
+                kind: RecordKind::of_flags(record.header.flags),
                 nsid: record.header.nsid,
                 slba: record.header.slba,
                 nlb: record.header.nlb,
@@ -281,6 +286,16 @@ impl<R: PersistentRegion> Ring<R> {
         if data_len == 0 {
             return Err(ReserveError::Empty);
         }
+        self.reserve_bytes(data_len)
+    }
+
+    /// Reserves a record without data, for a Write Zeroes or Deallocate
+    /// ([`Ring::commit_op`]).
+    pub fn reserve_op(&mut self) -> Result<Reservation, ReserveError> {
+        self.reserve_bytes(0)
+    }
+
+    fn reserve_bytes(&mut self, data_len: usize) -> Result<Reservation, ReserveError> {
         if data_len > self.record_data_bytes_max || data_len > u32::MAX as usize {
             return Err(ReserveError::RecordTooLarge {
                 data_bytes: data_len,
@@ -304,6 +319,7 @@ impl<R: PersistentRegion> Ring<R> {
             data_len,
             state: SlotState::Reserved,
             cancelled: false,
+            kind: RecordKind::Data,
             nsid: 0,
             slba: 0,
             nlb: 0,
@@ -328,9 +344,37 @@ impl<R: PersistentRegion> Ring<R> {
     /// persisted (one persist call) as soon as every earlier record is durable;
     /// the outcome says which sequences became durable (and may be acknowledged).
     pub fn commit(&mut self, reservation: Reservation, nsid: u32, slba: u64, nlb: u32) -> CommitOutcome {
+        assert!(reservation.data_len > 0, "a data record without data");
+        self.commit_kind(reservation, RecordKind::Data, nsid, slba, nlb)
+    }
+
+    /// Commits a record reserved with [`Ring::reserve_op`] as a Write Zeroes
+    /// or Deallocate of `nlb` blocks from `slba`. It is ordered, persisted
+    /// and acknowledged like a write.
+    pub fn commit_op(
+        &mut self,
+        reservation: Reservation,
+        kind: RecordKind,
+        nsid: u32,
+        slba: u64,
+        nlb: u32,
+    ) -> CommitOutcome {
+        assert!(kind.is_op() && reservation.data_len == 0 && nlb > 0, "an op record is blocks and no data");
+        self.commit_kind(reservation, kind, nsid, slba, nlb)
+    }
+
+    fn commit_kind(
+        &mut self,
+        reservation: Reservation,
+        kind: RecordKind,
+        nsid: u32,
+        slba: u64,
+        nlb: u32,
+    ) -> CommitOutcome {
         let index = self.slot_index(reservation.seq).expect("reservation of this ring");
         let slot = &mut self.slots[index];
         assert_eq!(slot.state, SlotState::Reserved, "record committed twice");
+        slot.kind = kind;
         slot.state = SlotState::Ready;
         slot.nsid = nsid;
         slot.slba = slba;
@@ -381,7 +425,7 @@ impl<R: PersistentRegion> Ring<R> {
             }
             let header_offset = self.area_offset_of(slot.record_pos) + align - RECORD_HEADER_BYTES;
             let header = RecordHeader {
-                flags: if slot.cancelled { FLAG_CANCELLED } else { 0 },
+                flags: if slot.cancelled { FLAG_CANCELLED } else { slot.kind.flag() },
                 format_nonce: self.geometry.format_nonce,
                 epoch: self.control.epoch,
                 seq: slot.seq,
@@ -420,6 +464,7 @@ impl<R: PersistentRegion> Ring<R> {
             data_len: slot.data_len,
             data_offset: self.area_offset_of(slot.record_pos) + self.geometry.record_align_bytes as usize,
             cancelled: slot.cancelled,
+            kind: slot.kind,
             durable: slot.state == SlotState::Durable,
         })
     }

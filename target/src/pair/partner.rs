@@ -49,6 +49,9 @@ pub struct SecondStore {
     /// The shared medium the owner's ring stages for (a file or block
     /// device), where this node writes records whose write failed on the owner.
     pub medium: Option<PathBuf>,
+    /// The namespace's block size (a Write Zeroes or Deallocate record
+    /// counts blocks only).
+    pub block_bytes: u32,
     /// The medium's fault injector on this node (`fault_injection = true`):
     /// it applies to those writes too.
     pub faults: std::sync::OnceLock<crate::backend::FaultControl>,
@@ -69,6 +72,7 @@ impl SecondStore {
         path: PathBuf,
         receiver: MirrorReceiver<MappedRegion>,
         medium: Option<PathBuf>,
+        block_bytes: u32,
     ) -> SecondStore {
         let status = Arc::new(SecondStoreStatus::default());
         publish(&status, &receiver);
@@ -79,6 +83,7 @@ impl SecondStore {
             path,
             status,
             medium,
+            block_bytes,
             faults: std::sync::OnceLock::new(),
             inner: Mutex::new(StoreInner { receiver, generation: 0 }),
         }
@@ -359,9 +364,14 @@ fn write_failed<R: PersistentRegion>(
             warn!(nsid = store.nsid, seq = info.seq, "medium write for the owner failed (injected)");
             return (written, FAILED_DONE_MEDIUM);
         }
-        let block_bytes = (info.data_len / info.nlb as usize) as u64;
-        let data = ring.record_data(info);
-        if let Err(e) = file.write_all_at(data, info.slba * block_bytes) {
+        let block_bytes = u64::from(store.block_bytes);
+        let result = if info.kind.is_op() {
+            // Write Zeroes, or Deallocate (whose blocks read as zeroes after).
+            write_zeroes_at(&file, info.slba * block_bytes, u64::from(info.nlb) * block_bytes)
+        } else {
+            file.write_all_at(ring.record_data(info), info.slba * block_bytes)
+        };
+        if let Err(e) = result {
             warn!(nsid = store.nsid, seq = info.seq, error = %e, "medium write for the owner failed");
             return (written, FAILED_DONE_MEDIUM);
         }
@@ -378,4 +388,18 @@ fn write_failed<R: PersistentRegion>(
         "wrote the owner's failed records to the medium from the second store"
     );
     (written, FAILED_DONE_OK)
+}
+
+/// Writes `len` zero bytes at `offset`, in chunks (no allocation per block).
+fn write_zeroes_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
+    let zeroes = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        file.write_all_at(&zeroes[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
 }

@@ -2,12 +2,13 @@
 //! staged namespace, the staging log in front of it with the requests that
 //! wait on the log.
 //!
-//! A staged write is acknowledged when its record is durable in the ring
-//! (`durable_seq` passes its sequence); records become durable strictly in
-//! sequence order, so the waiters are a FIFO in sequence order. Commands that
-//! need the medium itself to be current — Flush and FUA writes on a volatile
-//! domain, Write Zeroes and Deallocate (which bypass the ring) — wait until
-//! the flusher has released everything staged before them. Requests are named
+//! A staged write (and a Write Zeroes or Deallocate, each a record of its
+//! own) is acknowledged when its record is durable in the ring and, in a
+//! pair, in the partner's second store (the mirror's `ack_through` passes its
+//! sequence); records become durable strictly in sequence order, so the
+//! waiters are a FIFO in sequence order. Commands that need the medium itself
+//! to be current — Flush and FUA writes on a volatile domain — wait until the
+//! flusher has released everything staged before them. Requests are named
 //! by their transport tag; a tag whose connection went away is simply
 //! dropped by the transport when it comes back.
 
@@ -22,22 +23,13 @@ use crate::backend::{Backend, BackendCompletion};
 use crate::ha::{FlusherEvent, StagingLog};
 use crate::pair::owner::MirrorLink;
 
-/// What to do with a request once the medium holds everything before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AfterRelease {
-    /// Complete it (Flush, FUA write).
-    Complete,
-    /// Submit its own backend work now (Write Zeroes, Deallocate).
-    Execute,
-}
-
 /// A request that became ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ready {
     /// A staged write is durable in the ring (sequence `seq`).
     Durable { tag: u64, seq: u64 },
     /// The medium holds everything the request waited for.
-    Released { tag: u64, then: AfterRelease },
+    Released { tag: u64 },
 }
 
 /// What a staged namespace's log holds, published by its reactor on every
@@ -72,7 +64,7 @@ pub struct Staged {
     /// Reserved writes in sequence order, acknowledged when durable.
     awaiting_durable: VecDeque<(u64, u64)>,
     /// Requests waiting for `released_seq >= seq`, in sequence order.
-    awaiting_release: VecDeque<(u64, u64, AfterRelease)>,
+    awaiting_release: VecDeque<(u64, u64)>,
     /// Requests waiting for ring space (R2T writes not yet started).
     pub awaiting_space: VecDeque<u64>,
     /// Published for the control socket.
@@ -121,13 +113,13 @@ impl Staged {
     }
 
     /// Registers a request that waits for everything up to `seq` on the medium.
-    pub fn await_release(&mut self, seq: u64, tag: u64, then: AfterRelease) {
-        if self.awaiting_release.back().is_some_and(|(s, _, _)| *s > seq) {
+    pub fn await_release(&mut self, seq: u64, tag: u64) {
+        if self.awaiting_release.back().is_some_and(|(s, _)| *s > seq) {
             // Keep the queue sorted (a FUA write can register after a later Flush).
-            let at = self.awaiting_release.partition_point(|(s, _, _)| *s <= seq);
-            self.awaiting_release.insert(at, (seq, tag, then));
+            let at = self.awaiting_release.partition_point(|(s, _)| *s <= seq);
+            self.awaiting_release.insert(at, (seq, tag));
         } else {
-            self.awaiting_release.push_back((seq, tag, then));
+            self.awaiting_release.push_back((seq, tag));
         }
     }
 
@@ -145,12 +137,12 @@ impl Staged {
             out.push(Ready::Durable { tag, seq });
         }
         let released = self.log.released_seq();
-        while let Some(&(seq, tag, then)) = self.awaiting_release.front() {
+        while let Some(&(seq, tag)) = self.awaiting_release.front() {
             if seq > released {
                 break;
             }
             self.awaiting_release.pop_front();
-            out.push(Ready::Released { tag, then });
+            out.push(Ready::Released { tag });
         }
     }
 

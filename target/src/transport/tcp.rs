@@ -32,12 +32,12 @@ use tandem_nvmf::tcp::{
 };
 use tracing::{debug, info, warn};
 
-use super::media::{AfterRelease, NsMedia, Ready};
+use super::media::{NsMedia, Ready};
 use super::sendq::{OutData, RequestData, SendQueue};
 use super::sockbuf::RecvBuffer;
 use crate::backend::{Backend, BackendCompletion, BackendOp};
 use crate::ctrl::{AdminOutcome, Controller, DataLocation, IoCommand, IoKind, TargetState};
-use crate::ha::{Reservation, ReserveError};
+use crate::ha::{RecordKind, Reservation, ReserveError};
 use crate::metrics::{GroupMetrics, IoOp};
 use tandem_nvmf::spec::nvm::{DsmRange, DSM_RANGE_BYTES};
 
@@ -108,9 +108,6 @@ struct Request {
     read_snapshot: Option<u64>,
     /// The sequence of this write's staging record.
     staged_seq: Option<u64>,
-    /// Write Zeroes / Deallocate on a staged namespace: the medium already
-    /// holds everything staged before it.
-    barrier_passed: bool,
     /// When its capsule arrived, if metrics are on (for the latency histogram).
     started: Option<Instant>,
     /// The status its response carried was success (for the metrics).
@@ -131,7 +128,6 @@ impl Request {
             reservation: None,
             read_snapshot: None,
             staged_seq: None,
-            barrier_passed: false,
             started: None,
             succeeded: false,
         }
@@ -618,20 +614,14 @@ impl PollGroup {
                             req.state = ReqState::WaitingRelease;
                         }
                         if let Some(st) = self.media[si][ni].staged.as_mut() {
-                            st.await_release(seq, tag, AfterRelease::Complete);
+                            st.await_release(seq, tag);
                         }
                     } else {
                         self.complete_tag(tag, ReqState::WaitingDurable, NvmeStatus::SUCCESS);
                     }
                 }
-                Ready::Released { tag, then: AfterRelease::Complete } => {
+                Ready::Released { tag } => {
                     self.complete_tag(tag, ReqState::WaitingRelease, NvmeStatus::SUCCESS);
-                }
-                Ready::Released { tag, then: AfterRelease::Execute } => {
-                    let (slot, _, idx) = split_tag(tag);
-                    if self.request_mut(tag, ReqState::WaitingRelease).is_some() {
-                        self.execute_io(slot, idx);
-                    }
                 }
             }
         }
@@ -1491,23 +1481,42 @@ impl PollGroup {
                     let target = st.log.durable_seq();
                     if st.volatile && st.log.released_seq() < target {
                         req.state = ReqState::WaitingRelease;
-                        st.await_release(target, tag, AfterRelease::Complete);
+                        st.await_release(target, tag);
                     } else {
                         respond(conn, idx, NvmeStatus::SUCCESS, 0, 0);
                     }
                     return true;
                 }
-                IoKind::WriteZeroes { .. } | IoKind::DatasetManagement { .. } if !req.barrier_passed => {
-                    // These go to the medium directly: first let the flusher
-                    // put every staged write before them there, or it would
-                    // later write older data over the zeroes.
-                    req.barrier_passed = true;
-                    let target = st.log.durable_seq();
-                    if st.log.released_seq() < target {
-                        req.state = ReqState::WaitingRelease;
-                        st.await_release(target, tag, AfterRelease::Execute);
+                IoKind::WriteZeroes { .. } => {
+                    // A record of its own, ordered and mirrored like a write:
+                    // no replay of either copy can bring older data back.
+                    // It completes when durable (`process_staging_waiters`).
+                    return match st.log.stage_op(RecordKind::Zeroes, st.nsid, io.slba, io.block_count) {
+                        Ok(outcome) => {
+                            req.staged_seq = Some(outcome.seq);
+                            req.state = ReqState::WaitingDurable;
+                            st.await_durable(outcome.seq, tag);
+                            true
+                        }
+                        // Retried with the commands waiting for the backend.
+                        Err(ReserveError::RingFull { .. }) => false,
+                        Err(e) => {
+                            warn!(error = %e, "staging refused a Write Zeroes");
+                            fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                            true
+                        }
+                    };
+                }
+                IoKind::DatasetManagement { ranges, deallocate } => {
+                    if !deallocate {
+                        respond(conn, idx, NvmeStatus::SUCCESS, 0, 0);
                         return true;
                     }
+                    let ctrl = match &conn.phase {
+                        Phase::Io(c) => c.clone(),
+                        _ => return true,
+                    };
+                    return stage_deallocate(conn, &ctrl, idx, ranges as usize, io.ns_index, st, tag);
                 }
                 IoKind::Read => {
                     let Some(buf) = req.buf.as_deref_mut() else {
@@ -1529,7 +1538,6 @@ impl PollGroup {
                         }
                     }
                 }
-                _ => {}
             }
         }
         let backend = &mut m.backend;
@@ -1636,6 +1644,87 @@ impl PollGroup {
         // Requests at the backend finish later; their completions carry this
         // connection's generation and are dropped, returning their buffers.
     }
+}
+
+/// The ranges of a Dataset Management command, checked whole: the command
+/// fails with the first bad range's status before anything is done.
+fn dsm_ranges(
+    conn: &mut Connection,
+    ctrl: &Controller,
+    idx: u16,
+    ranges: usize,
+    ns_index: usize,
+) -> Result<Vec<DsmRange>, NvmeStatus> {
+    let req = &conn.reqs.0[idx as usize];
+    let Some(data) = req.buf.as_deref() else { return Err(NvmeStatus::DATA_SGL_LENGTH_INVALID) };
+    if data.len() < ranges * DSM_RANGE_BYTES {
+        return Err(NvmeStatus::DATA_SGL_LENGTH_INVALID);
+    }
+    let mut out = Vec::with_capacity(ranges);
+    for r in 0..ranges {
+        let mut b = [0u8; DSM_RANGE_BYTES];
+        b.copy_from_slice(&data[r * DSM_RANGE_BYTES..(r + 1) * DSM_RANGE_BYTES]);
+        let range = DsmRange(b);
+        ctrl.check_dsm_range(ns_index, &range)?;
+        out.push(range);
+    }
+    Ok(out)
+}
+
+/// Deallocate on a staged namespace: one record per non-empty range, all or
+/// none (a full ring cancels what was reserved and the command is retried);
+/// it completes when the last record is durable. Returns false to be retried.
+fn stage_deallocate(
+    conn: &mut Connection,
+    ctrl: &Controller,
+    idx: u16,
+    ranges: usize,
+    ns_index: usize,
+    st: &mut super::media::Staged,
+    tag: u64,
+) -> bool {
+    let ranges = match dsm_ranges(conn, ctrl, idx, ranges, ns_index) {
+        Ok(r) => r,
+        Err(status) => {
+            fail_request(conn, idx, status);
+            return true;
+        }
+    };
+    let wanted: Vec<&DsmRange> = ranges.iter().filter(|r| r.block_count() > 0).collect();
+    let mut reserved = Vec::with_capacity(wanted.len());
+    for _ in &wanted {
+        match st.log.reserve_op() {
+            Ok(res) => reserved.push(res),
+            Err(e) => {
+                for res in reserved {
+                    let _ = st.log.cancel(res);
+                }
+                if matches!(e, ReserveError::RingFull { .. }) {
+                    return false;
+                }
+                warn!(error = %e, "staging refused a Deallocate");
+                fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                return true;
+            }
+        }
+    }
+    let mut last = None;
+    for (res, range) in reserved.into_iter().zip(wanted) {
+        let outcome =
+            st.log.commit_op(res, RecordKind::Deallocate, st.nsid, range.slba(), range.block_count());
+        last = Some(outcome.seq);
+    }
+    let req = &mut conn.reqs.0[idx as usize];
+    req.buf = None;
+    match last {
+        None => respond(conn, idx, NvmeStatus::SUCCESS, 0, 0),
+        Some(seq) => {
+            req.staged_seq = Some(seq);
+            req.state = ReqState::WaitingDurable;
+            st.await_durable(seq, tag);
+        }
+    }
+    true
 }
 
 fn submit_deallocate(

@@ -236,9 +236,11 @@ impl<R: PersistentRegion> Ring<R> {
         }
         let cancelled = header.flags & FLAG_CANCELLED != 0;
         let data_len = header.data_len as usize;
-        let whole_blocks = cancelled || (header.nlb > 0 && data_len.is_multiple_of(header.nlb as usize));
-        if data_len == 0 || !whole_blocks || header.flags & !(FLAG_CANCELLED) != 0 {
-            return Err(MirrorError::Shape { seq, reason: "no data, partial blocks or unknown flags" });
+        if !header.shape_ok() {
+            return Err(MirrorError::Shape {
+                seq,
+                reason: "partial blocks, data where none belongs (or none where it does), or unknown flags",
+            });
         }
         let want_len = RECORD_HEADER_BYTES + if cancelled { 0 } else { data_len };
         if bytes.len() != want_len {
@@ -267,6 +269,7 @@ impl<R: PersistentRegion> Ring<R> {
             data_len,
             state: SlotState::Durable,
             cancelled,
+            kind: RecordKind::of_flags(header.flags),
             nsid: header.nsid,
             slba: header.slba,
             nlb: header.nlb,

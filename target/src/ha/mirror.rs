@@ -30,7 +30,7 @@ use std::ops::RangeInclusive;
 
 use super::ack::{AckError, AckGate, MirrorMode};
 use super::layout::{ControlState, RecordHeader};
-use super::link::frame::{encode, encode_record_prefix, EncodeError, Frame, RECORD_PREFIX_BYTES};
+use super::link::frame::{encode, encode_record_prefix, EncodeError, Frame, SeqRanges, RECORD_PREFIX_BYTES};
 use super::ring::{Accepted, MirrorError, Ring};
 use tandem_env::persist::PersistentRegion;
 
@@ -267,6 +267,37 @@ pub enum ReceiveError {
     WouldDropCopies { records: u64, nonce: u64 },
 }
 
+/// `FailedDone` status: every record of the ranges is written and durable.
+pub const FAILED_DONE_OK: u32 = 0;
+/// This node does not hold every record named (it was never sent, or freed).
+pub const FAILED_DONE_NOT_HELD: u32 = 1;
+/// A held record does not match its CRC: not written.
+pub const FAILED_DONE_CORRUPT: u32 = 2;
+/// The medium refused the write or the sync (or none is configured).
+pub const FAILED_DONE_MEDIUM: u32 = 3;
+
+/// One write the partner makes on the shared medium for the owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediumWrite<'a> {
+    Data {
+        slba: u64,
+        data: &'a [u8],
+    },
+    /// A Write Zeroes or Deallocate record (deallocated blocks read as zeroes).
+    Zeroes {
+        slba: u64,
+        nlb: u32,
+    },
+}
+
+/// The partner's path to the shared medium (a file in production, the
+/// simulated medium in the simulation).
+pub trait FailedWriter {
+    fn write(&mut self, write: MediumWrite<'_>) -> Result<(), String>;
+    /// Makes every write so far durable.
+    fn sync(&mut self) -> Result<(), String>;
+}
+
 /// The partner's side of the mirror: the second store for one owner ring
 /// (or the region it will be formatted in).
 pub struct MirrorReceiver<R: PersistentRegion> {
@@ -339,6 +370,46 @@ impl<R: PersistentRegion> MirrorReceiver<R> {
             }
             _ => Ok(Reply::None),
         }
+    }
+
+    /// The owner's medium failed records of `ranges`: writes them from this
+    /// second store to the shared medium in sequence order (every record is
+    /// checked, held and CRC-intact, before any is written), then syncs.
+    /// Returns the records written and a `FAILED_DONE_*` status.
+    pub fn write_failed(&self, ranges: &SeqRanges<'_>, writer: &mut dyn FailedWriter) -> (u64, u32) {
+        let Some(ring) = self.store.as_ref() else { return (0, FAILED_DONE_NOT_HELD) };
+        let mut records = Vec::new();
+        for range in ranges.iter() {
+            if range.last - range.first >= 1 << 20 {
+                return (0, FAILED_DONE_NOT_HELD);
+            }
+            for seq in range.first..=range.last {
+                let Some(info) = ring.record(seq) else { return (0, FAILED_DONE_NOT_HELD) };
+                if info.cancelled {
+                    continue;
+                }
+                if !ring.verify_record(&info) {
+                    return (0, FAILED_DONE_CORRUPT);
+                }
+                records.push(info);
+            }
+        }
+        let mut written = 0u64;
+        for info in &records {
+            let write = if info.kind.is_op() {
+                MediumWrite::Zeroes { slba: info.slba, nlb: info.nlb }
+            } else {
+                MediumWrite::Data { slba: info.slba, data: ring.record_data(info) }
+            };
+            if writer.write(write).is_err() {
+                return (written, FAILED_DONE_MEDIUM);
+            }
+            written += 1;
+        }
+        if writer.sync().is_err() {
+            return (written, FAILED_DONE_MEDIUM);
+        }
+        (written, FAILED_DONE_OK)
     }
 
     fn format(&mut self, superblock: &[u8], control: ControlState) -> Result<(), ReceiveError> {

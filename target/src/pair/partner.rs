@@ -18,7 +18,9 @@ use tracing::{info, warn};
 use super::{BlockingLink, LinkCounters, LinkError, HANDSHAKE_TIMEOUT, RECORD_PAYLOAD_BYTES_MAX};
 use crate::ha::link::auth::HandshakeConfig;
 use crate::ha::link::frame::{Frame, GoodbyeReason, LinkRole};
-use crate::ha::mirror::{MirrorReceiver, Reply};
+use crate::ha::mirror::{
+    FailedWriter, MediumWrite, MirrorReceiver, Reply, FAILED_DONE_MEDIUM, FAILED_DONE_OK,
+};
 
 /// How often a connection thread wakes between frames (heartbeats, timeouts).
 const POLL: Duration = Duration::from_millis(20);
@@ -304,48 +306,49 @@ fn stream_frames(
     }
 }
 
-/// `FailedDone` status: every record of the ranges is written and durable.
-pub const FAILED_DONE_OK: u32 = 0;
-/// This node does not hold every record named (it was never sent, or freed).
-pub const FAILED_DONE_NOT_HELD: u32 = 1;
-/// A held record does not match its CRC: not written.
-pub const FAILED_DONE_CORRUPT: u32 = 2;
-/// The medium refused the write or the sync (or none is configured).
-pub const FAILED_DONE_MEDIUM: u32 = 3;
+/// The partner's path to the shared medium, for an owner's failed records:
+/// the file or block device, with this node's fault injector on it.
+struct FileWriter<'a> {
+    store: &'a SecondStore,
+    file: std::fs::File,
+}
+
+impl FailedWriter for FileWriter<'_> {
+    fn write(&mut self, write: MediumWrite<'_>) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let block_bytes = u64::from(self.store.block_bytes);
+        let (slba, nlb) = match write {
+            MediumWrite::Data { slba, data } => (slba, (data.len() as u64 / block_bytes.max(1)) as u32),
+            MediumWrite::Zeroes { slba, nlb } => (slba, nlb),
+        };
+        if self.store.faults.get().is_some_and(|f| f.write_would_fail(slba, nlb)) {
+            return Err("injected medium write failure".into());
+        }
+        let result = match write {
+            MediumWrite::Data { slba, data } => self.file.write_all_at(data, slba * block_bytes),
+            // Write Zeroes, or Deallocate (whose blocks read as zeroes after).
+            MediumWrite::Zeroes { slba, nlb } => {
+                write_zeroes_at(&self.file, slba * block_bytes, u64::from(nlb) * block_bytes)
+            }
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        self.file.sync_data().map_err(|e| e.to_string())
+    }
+}
 
 /// Writes the records of `ranges` from the second store to the shared
-/// medium, in sequence order, then makes them durable (fdatasync). Returns
-/// the records written and a `FAILED_DONE_*` status; on any error the owner
-/// keeps its records staged and retries itself.
+/// medium (`MirrorReceiver::write_failed`). Returns the records written and
+/// a `FAILED_DONE_*` status; on any error the owner keeps its records staged
+/// and retries itself.
 fn write_failed<R: PersistentRegion>(
     store: &SecondStore,
     receiver: &MirrorReceiver<R>,
     ranges: &crate::ha::link::frame::SeqRanges<'_>,
 ) -> (u64, u32) {
-    use std::os::unix::fs::FileExt;
-    let Some(ring) = receiver.store() else { return (0, FAILED_DONE_NOT_HELD) };
     let Some(path) = &store.medium else { return (0, FAILED_DONE_MEDIUM) };
-    // Check every record before writing any.
-    let mut records = Vec::new();
-    for range in ranges.iter() {
-        if range.last - range.first >= 1 << 20 {
-            return (0, FAILED_DONE_NOT_HELD);
-        }
-        for seq in range.first..=range.last {
-            let Some(info) = ring.record(seq) else { return (0, FAILED_DONE_NOT_HELD) };
-            if info.cancelled {
-                continue;
-            }
-            if !ring.verify_record(&info) {
-                warn!(
-                    nsid = store.nsid,
-                    seq, "second store: a record the owner failed to write does not match its CRC"
-                );
-                return (0, FAILED_DONE_CORRUPT);
-            }
-            records.push(info);
-        }
-    }
     let file = match std::fs::OpenOptions::new().write(true).open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -358,36 +361,19 @@ fn write_failed<R: PersistentRegion>(
             return (0, FAILED_DONE_MEDIUM);
         }
     };
-    let mut written = 0u64;
-    for info in &records {
-        if store.faults.get().is_some_and(|f| f.write_would_fail(info.slba, info.nlb)) {
-            warn!(nsid = store.nsid, seq = info.seq, "medium write for the owner failed (injected)");
-            return (written, FAILED_DONE_MEDIUM);
-        }
-        let block_bytes = u64::from(store.block_bytes);
-        let result = if info.kind.is_op() {
-            // Write Zeroes, or Deallocate (whose blocks read as zeroes after).
-            write_zeroes_at(&file, info.slba * block_bytes, u64::from(info.nlb) * block_bytes)
-        } else {
-            file.write_all_at(ring.record_data(info), info.slba * block_bytes)
-        };
-        if let Err(e) = result {
-            warn!(nsid = store.nsid, seq = info.seq, error = %e, "medium write for the owner failed");
-            return (written, FAILED_DONE_MEDIUM);
-        }
-        written += 1;
+    let mut writer = FileWriter { store, file };
+    let (written, status) = receiver.write_failed(ranges, &mut writer);
+    if status == FAILED_DONE_OK {
+        store.status.medium_writes.fetch_add(written, Ordering::Relaxed);
+        info!(
+            nsid = store.nsid,
+            records = written,
+            "wrote the owner's failed records to the medium from the second store"
+        );
+    } else {
+        warn!(nsid = store.nsid, written, status, "could not write the owner's failed records to the medium");
     }
-    if let Err(e) = file.sync_data() {
-        warn!(nsid = store.nsid, error = %e, "medium sync for the owner failed");
-        return (written, FAILED_DONE_MEDIUM);
-    }
-    store.status.medium_writes.fetch_add(written, Ordering::Relaxed);
-    info!(
-        nsid = store.nsid,
-        records = written,
-        "wrote the owner's failed records to the medium from the second store"
-    );
-    (written, FAILED_DONE_OK)
+    (written, status)
 }
 
 /// Writes `len` zero bytes at `offset`, in chunks (no allocation per block).

@@ -123,9 +123,24 @@ fn metrics_follow_io_ana_and_protocol_errors() {
     for lba in 0..READS {
         q.read(1, lba, &mut buf).expect("read");
     }
-    // A completion is counted once its response has left the socket, which
-    // is before the host sees it: the counts are final now.
-    let after = scrape(metrics);
+    // A completion is counted just after its response has left the socket,
+    // so the host may see the last one a moment before it is counted (a
+    // reactor preempted between its write and its count): wait for the
+    // counts to reach what was done, then check them all.
+    let done = |m: &[Sample]| {
+        value(m, "tandem_namespace_io_completed_total", &io("write"))
+            - value(&before, "tandem_namespace_io_completed_total", &io("write"))
+            >= WRITES as f64
+            && value(m, "tandem_namespace_io_completed_total", &io("read"))
+                - value(&before, "tandem_namespace_io_completed_total", &io("read"))
+                >= READS as f64
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = scrape(metrics);
+    while !done(&after) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        after = scrape(metrics);
+    }
     let delta = |name: &str, op| value(&after, name, &io(op)) - value(&before, name, &io(op));
     assert_eq!(delta("tandem_namespace_io_completed_total", "write"), WRITES as f64);
     assert_eq!(delta("tandem_namespace_io_bytes_total", "write"), (WRITES * 4096) as f64);

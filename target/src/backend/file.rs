@@ -107,8 +107,13 @@ impl FileBackend {
             let Some(size_bytes) = size_bytes_if_creating else {
                 return Err(BackendError::Open { path: path_text, errno: ENOENT });
             };
-            let file = OpenOptions::new().write(true).create_new(true).open(path).map_err(open_err)?;
-            file.set_len(size_bytes).map_err(open_err)?;
+            match OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(file) => file.set_len(size_bytes).map_err(open_err)?,
+                // Another process (the partner, started at the same moment
+                // on the same shared medium) created it first: open it.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(open_err(e)),
+            }
         }
         let zero_pool = BufferPool::new("file-backend-zeroes", ZERO_CHUNK_BYTES.max(block_size as usize), 1)
             .map_err(|_| BackendError::InvalidGeometry { block_size, num_blocks: 0 })?;

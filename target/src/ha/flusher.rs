@@ -119,12 +119,16 @@ struct Batch {
     attempts: u32,
     retry_at_ms: u64,
     fua: bool,
+    /// The partner was asked to write these records (their write failed
+    /// here) and has not answered: until it does, no later write to these
+    /// blocks may reach the medium, or the partner's write could land over it.
+    fenced: bool,
 }
 
 impl Batch {
     fn overlaps(&self, info: &RecordInfo) -> bool {
         // One log writes to one medium, so LBAs collide across namespace ids.
-        self.state != BatchState::Durable
+        (self.state != BatchState::Durable || self.fenced)
             && (self.bytes > 0 || self.kind.is_op())
             && self.slba < info.slba + info.nlb as u64
             && info.slba < self.slba + self.nlb as u64
@@ -349,6 +353,7 @@ impl Flusher {
                     attempts: 0,
                     retry_at_ms: 0,
                     fua: false,
+                    fenced: false,
                 });
                 continue;
             }
@@ -382,6 +387,7 @@ impl Flusher {
                     attempts: 0,
                     retry_at_ms: 0,
                     fua: false,
+                    fenced: false,
                 });
                 continue;
             }
@@ -401,6 +407,7 @@ impl Flusher {
                 attempts: 0,
                 retry_at_ms: 0,
                 fua: false,
+                fenced: false,
             };
             // Merge following records that continue the LBA range.
             while batch.last_seq < ring.durable_seq() {
@@ -546,11 +553,36 @@ impl Flusher {
         marked
     }
 
+    /// The partner is asked to write records `first_seq..=last_seq` (their
+    /// write failed here): the batches within stay unfinished for ordering
+    /// (no later overlapping write is submitted, none is released) until
+    /// [`Flusher::unfence`]. Returns the batches fenced.
+    pub fn fence(&mut self, first_seq: u64, last_seq: u64) -> usize {
+        let mut fenced = 0;
+        for batch in self.batches.iter_mut() {
+            if batch.first_seq >= first_seq && batch.last_seq <= last_seq {
+                batch.fenced = true;
+                fenced += 1;
+            }
+        }
+        fenced
+    }
+
+    /// The partner answered for (or can no longer write) records
+    /// `first_seq..=last_seq`; `None`: every fence goes.
+    pub fn unfence(&mut self, range: Option<(u64, u64)>) {
+        for batch in self.batches.iter_mut() {
+            if range.is_none_or(|(first, last)| batch.first_seq >= first && batch.last_seq <= last) {
+                batch.fenced = false;
+            }
+        }
+    }
+
     /// Pops the leading durable batches and returns the highest sequence such
     /// that it and all before it are durable on the medium, if that advanced.
     pub fn take_durable_through(&mut self) -> Option<u64> {
         let mut through = None;
-        while self.batches.front().is_some_and(|b| b.state == BatchState::Durable) {
+        while self.batches.front().is_some_and(|b| b.state == BatchState::Durable && !b.fenced) {
             let Some(batch) = self.batches.pop_front() else { break };
             self.stats.records_durable += batch.last_seq - batch.first_seq + 1;
             self.stats.bytes_durable += batch.bytes as u64;

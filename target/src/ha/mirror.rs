@@ -322,6 +322,15 @@ impl<R: PersistentRegion> MirrorReceiver<R> {
         self.store.as_ref()
     }
 
+    /// Gives the region back (the second store's, or the unformatted one).
+    pub fn into_region(self) -> R {
+        match (self.store, self.spare) {
+            (Some(store), _) => store.into_region(),
+            (None, Some(region)) => region,
+            (None, None) => unreachable!("a receiver always has its store or its region"),
+        }
+    }
+
     /// The `StoreState` this node sends at the start of a connection.
     pub fn state_frame(&self) -> Frame<'static> {
         match &self.store {

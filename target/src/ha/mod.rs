@@ -32,6 +32,8 @@ pub mod recovery;
 pub mod ring;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use flusher::{Flusher, FlusherConfig, FlusherError, FlusherEvent, FlusherStats, FLUSHER_TAG_BIT};
@@ -459,6 +461,20 @@ impl<R: PersistentRegion> StagingLog<R> {
         let marked = self.flusher.durable_elsewhere(first_seq, last_seq);
         self.release_durable();
         marked
+    }
+
+    /// The partner is asked to write records `first_seq..=last_seq`: no
+    /// later overlapping write reaches the medium, and nothing from there on
+    /// is released, until it answers ([`StagingLog::unfence`]).
+    pub fn fence(&mut self, first_seq: u64, last_seq: u64) -> usize {
+        self.flusher.fence(first_seq, last_seq)
+    }
+
+    /// The partner answered for `range` (None: it can no longer write any:
+    /// a new connection's StoreState came, or it is away).
+    pub fn unfence(&mut self, range: Option<(u64, u64)>) {
+        self.flusher.unfence(range);
+        self.release_durable();
     }
 
     /// Whether some medium write failed and waits to be retried.

@@ -191,13 +191,17 @@ impl OwnerMirror {
     /// Writes through this sequence may complete: both copies durable, or
     /// on the medium, or (write-back, partner away) the one local copy.
     pub fn ack_through<R: PersistentRegion>(&mut self, log: &StagingLog<R>) -> u64 {
-        let before = self.sender.gate().acked_through();
-        self.sender.local_durable(log.durable_seq());
-        let acked = self.sender.gate().acked_through();
-        if self.sender.gate().mode() == MirrorMode::Degraded && acked > before {
-            self.degraded_acks += acked - before;
+        self.local_durable(log.durable_seq());
+        self.sender.gate().acked_through().max(log.released_seq())
+    }
+
+    /// The first store holds everything through `seq`; counts what that
+    /// acknowledges with one copy.
+    fn local_durable(&mut self, seq: u64) {
+        let acked = self.sender.local_durable(seq);
+        if self.sender.gate().mode() == MirrorMode::Degraded && !acked.is_empty() {
+            self.degraded_acks += acked.end() - acked.start() + 1;
         }
-        acked.max(log.released_seq())
     }
 
     /// A connection is up and the partner's `StoreState` arrived.
@@ -226,6 +230,9 @@ impl OwnerMirror {
         if self.away {
             self.notes.push(MirrorNote::PartnerBack);
         }
+        // The old connection's failed-record writes are over: its thread held
+        // the partner's store until it ended, and this StoreState needed it.
+        log.unfence(None);
         self.away = false;
         self.connected = true;
         self.down_since_ms = None;
@@ -279,6 +286,7 @@ impl OwnerMirror {
                     return Err(OwnerFrameError::UnknownBatch(batch_id));
                 };
                 let (_, first, last, _) = self.failed.swap_remove(at);
+                log.unfence(Some((first, last)));
                 if status == 0 {
                     let marked = log.durable_elsewhere(first, last);
                     self.partner_writes += marked;
@@ -296,7 +304,7 @@ impl OwnerMirror {
     /// mirror's `Released` and `Record`s — into `out`. Returns the bytes.
     pub fn fill<R: PersistentRegion>(
         &mut self,
-        log: &StagingLog<R>,
+        log: &mut StagingLog<R>,
         out: &mut [u8],
     ) -> Result<usize, SendError> {
         if !self.connected {
@@ -310,6 +318,7 @@ impl OwnerMirror {
                 Ok(n) => {
                     at += n;
                     entry.3 = true;
+                    log.fence(entry.1, entry.2);
                 }
                 Err(_) => break,
             }
@@ -321,8 +330,13 @@ impl OwnerMirror {
     /// failed too long; the release follows the partner's copy. Returns a
     /// change of the group's access, if one is due.
     pub fn tick<R: PersistentRegion>(&mut self, log: &mut StagingLog<R>, now_ms: u64) -> Option<GroupAccess> {
-        self.sender.local_durable(log.durable_seq());
+        self.local_durable(log.durable_seq());
+        let was_away = self.away;
         self.check_away(now_ms);
+        if self.away && !was_away {
+            // An away partner writes nothing more for this node.
+            log.unfence(None);
+        }
         let access = self.check_medium(log, now_ms);
         log.set_release_limit(self.release_limit());
         if let Some(target) = self.resync_target {
@@ -349,7 +363,11 @@ impl OwnerMirror {
         self.away = true;
         self.resync_target = None;
         if self.config.policy == PartnerAway::WriteBack {
-            let _ = self.sender.set_mode(MirrorMode::Degraded);
+            // The writes that waited only for the partner complete now, with one copy.
+            let acked = self.sender.set_mode(MirrorMode::Degraded);
+            if !acked.is_empty() {
+                self.degraded_acks += acked.end() - acked.start() + 1;
+            }
         }
         self.notes.push(MirrorNote::Away { policy: self.config.policy });
     }

@@ -76,8 +76,10 @@ pub struct MirrorLink {
     timeout: Duration,
     core: OwnerMirror,
     conn: Option<OwnerConn>,
-    /// The core's clock: milliseconds since this link was made.
-    epoch: Instant,
+    /// The core's clock: milliseconds since the reactor first polled this
+    /// link (not since it was made: the node may take a while to start its
+    /// reactors and the dialer, and the partner must not count as away for that).
+    epoch: Option<Instant>,
     dial: DialRequests,
     pub status: Arc<MirrorStatus>,
     counters: Arc<LinkCounters>,
@@ -111,7 +113,7 @@ impl MirrorLink {
             timeout: Duration::from_millis(pair.partner_timeout_ms),
             core,
             conn: None,
-            epoch: Instant::now(),
+            epoch: None,
             dial,
             status: Arc::new(MirrorStatus::default()),
             counters,
@@ -123,8 +125,8 @@ impl MirrorLink {
         self.store_id
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    fn now_ms(&mut self) -> u64 {
+        self.epoch.get_or_insert_with(Instant::now).elapsed().as_millis() as u64
     }
 
     /// Writes through this sequence may complete.

@@ -1,7 +1,7 @@
 #!/bin/bash
 # lib.sh - helpers every check sources: the target under test (target.sh),
 # connecting the kernel host, finding its devices, running fio, and the
-# kernel-log bookkeeping that check 09 relies on.
+# kernel-log bookkeeping that check 10-kernel-log relies on.
 #
 # A check is a bash script that exits 0 when it passed. `fail MSG` ends it
 # with MSG as the reason printed on the host's FAIL line. A check that

@@ -7,8 +7,8 @@
 # down, so checks do not depend on each other's leftovers.
 #
 # Around each check it writes TANDEM-VM-CHECK-BEGIN/END markers into the
-# kernel log; check 09 uses them to attribute every kernel message to the
-# check that was running.
+# kernel log; check 10-kernel-log uses them to attribute every kernel
+# message to the check that was running.
 set -u
 CHECK_NAME=runner
 . /harness/lib.sh

@@ -59,7 +59,7 @@ write_healthy() {
   printf '==== BEGIN 03-fio-verify uptime=10.0\n' >> "$1"
   local i
   for i in $(seq 1 12); do printf 'TANDEM-VM-HEARTBEAT check=03-fio-verify io=%d\n' $((i * 100)) >> "$1"; sleep 0.5; done
-  # A warning's trace in the final kernel-log dump is check 07's business.
+  # A warning's trace in the final kernel-log dump is check 10-kernel-log's business.
   printf '==== END 03-fio-verify rc=0 took 6s\n==== kernel log\n[    5.1] Call Trace:\n' >> "$1"
 }
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # lib.sh - helpers every check sources: the target under test (target.sh),
 # connecting the kernel host, finding its devices, running fio, and the
-# kernel-log bookkeeping that check 09 relies on.
+# kernel-log bookkeeping that check 10-kernel-log relies on.
 #
 # A check is a bash script that exits 0 when it passed. `fail MSG` ends it
 # with MSG as the reason printed on the host's FAIL line. A check that
@@ -136,3 +136,68 @@ size_to_bytes() {
 
 # Block-layer I/O counters of a path device: "reads writes" (completed ops).
 path_io() { awk '{print $1, $5}' /sys/block/$1/stat; }
+
+# ---- several namespaces (the pair serves nsid 1 and 2 in one subsystem) ----
+# The multipath head (/dev/nvmeXnY) of namespace ID $1 of our subsystem. The
+# head's Y is the host's own instance number, not the NSID: ask sysfs.
+ns_dev_nsid() {
+  local s n
+  s=$(subsys_dir) || return 1
+  for n in "$s"/nvme*n*; do
+    [ -e "$n/nsid" ] && [ "$(cat "$n/nsid")" = "$1" ] && [ -b "/dev/$(basename "$n")" ] &&
+      { echo "/dev/$(basename "$n")"; return 0; }
+  done
+  return 1
+}
+
+# The path device (nvmeXcYnZ) of controller $1 for namespace ID $2.
+path_of_ctrl_nsid() {
+  local p
+  for p in /sys/block/nvme*c*n*; do
+    [ -e "$p/nsid" ] && [ "$(cat "$p/nsid")" = "$2" ] || continue
+    [ "$(basename "$(readlink -f "$p/device")")" = "$1" ] && { basename "$p"; return 0; }
+  done
+  return 1
+}
+
+# ---- JSON without jq: `tandem rpc` pretty-prints one value per line ----
+# json_flat < JSON: one "path value" line per scalar, array elements by index:
+#   {"pair": {"groups": [{"group": 1}]}}  ->  "pair.groups.0.group 1"
+# Strings lose their quotes; an empty [] or {} is printed as such.
+json_flat() {
+  awk '
+    function path(key,   p, i) {
+      p = ""
+      for (i = 2; i <= d; i++) p = p k[i] "."
+      return p key
+    }
+    {
+      line = $0; sub(/^[ \t]+/, "", line); sub(/,$/, "", line)
+      if (line == "") next
+      if (line == "}" || line == "]") { d--; next }
+      key = ""
+      if (match(line, /^"[^"]*": /)) { key = substr(line, 2, RLENGTH - 4); line = substr(line, RLENGTH + 1) }
+      else if (d > 0 && t[d] == "a") key = n[d]++
+      if (line == "{" || line == "[") { d++; k[d] = key; t[d] = (line == "[") ? "a" : "o"; n[d] = 0; next }
+      if (line ~ /^".*"$/) line = substr(line, 2, length(line) - 2)
+      print path(key), line
+    }'
+}
+
+# flat_get FILE QUERY: the value at QUERY in a json_flat FILE, e.g.
+# "pair.link.state"; one array element may be picked by a field's value:
+# "pair.groups[group=1].mirror.state", "staging[nsid=2].records_committed".
+# Fails (prints nothing) when there is no such value.
+flat_get() {
+  awk -v q="$2" '
+    { v[$1] = substr($0, length($1) + 2) }
+    END {
+      if (match(q, /\[[^=]*=[^]]*\]/)) {
+        pre = substr(q, 1, RSTART - 1); sel = substr(q, RSTART + 1, RLENGTH - 2); rest = substr(q, RSTART + RLENGTH)
+        f = sel; sub(/=.*/, "", f); want = sel; sub(/^[^=]*=/, "", want)
+        q = ""
+        for (i = 0; (pre "." i "." f) in v; i++) if (v[pre "." i "." f] == want) { q = pre "." i rest; break }
+      }
+      if (q != "" && (q in v)) print v[q]; else exit 1
+    }' "$1"
+}

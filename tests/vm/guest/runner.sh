@@ -7,8 +7,8 @@
 # down, so checks do not depend on each other's leftovers.
 #
 # Around each check it writes TANDEM-VM-CHECK-BEGIN/END markers into the
-# kernel log; check 09 uses them to attribute every kernel message to the
-# check that was running.
+# kernel log; check 10-kernel-log uses them to attribute every kernel
+# message to the check that was running.
 set -u
 CHECK_NAME=runner
 . /harness/lib.sh
@@ -71,6 +71,13 @@ for check in /harness/checks/[0-9]*.sh; do
   fi
   # Leave a clean slate for the next check.
   umount /mnt 2>/dev/null
+  # A check that ran the HA pair stops it itself; one that ended early may
+  # leave its nodes (and the host's connections to them) behind.
+  if ls $PAIR_DIR/*.pid >/dev/null 2>&1; then
+    log "$name left pair nodes running: disconnecting and stopping them"
+    pair_load >/dev/null && (TGT_NQN=$PAIR_NQN; disconnect_all)
+    pair_stop && pair_remove_media
+  fi
   disconnect_all
   if target_running; then
     target_restore_ana || log "restoring the ANA states failed"
@@ -85,4 +92,7 @@ kill $heartbeat_pid 2>/dev/null
 echo "==== kernel log"
 dmesg
 [ $TARGET_KIND = tandem ] && { echo "==== tandem log"; cat $TANDEM_LOG 2>/dev/null; }
+for f in $PAIR_DIR/a.log $PAIR_DIR/b.log; do
+  [ -f $f ] && { echo "==== tandem pair log (node $(basename $f .log))"; cat $f; }
+done
 echo "SUITE-DONE" > $RESULTS

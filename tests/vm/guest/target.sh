@@ -247,3 +247,193 @@ target_example_stop() {
   for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   echo "target_example_stop: tandem did not exit on SIGTERM"; kill -9 "$pid"; return 1
 }
+
+# ---- the HA pair, as `tandem config example --node a|b` prints it ----
+# Two nodes on loopback serving one subsystem: nsid 1 (ANA group 1) homed on
+# a, nsid 2 (group 2) homed on b; each node's port shows its own groups
+# optimized and the partner's inaccessible; each owner mirrors its staged
+# writes into the partner's second store over the interconnect. The configs
+# are the example's, changed only where the guest needs it: each namespace's
+# medium is a loop device (tmpfs has no O_DIRECT; both nodes open the SAME
+# device) and each node gets its own shm staging dir. Everything else (NQN,
+# ports, groups, key, rpc_socket and data_dir relative to the common working
+# directory) is as printed. The pair takes ports 4420/4421 like the harness
+# target, so a check stops that one first (the runner restarts it).
+# TARGET_KIND=nvmet has no pair: these return 1 with a message.
+PAIR_DIR=/run/vm/pair               # both nodes' working directory
+PAIR_MEDIA_DIR=/tmp/pair-media      # the loop devices' backing files (tmpfs, sparse)
+PAIR_NODES="a b"
+
+# pair_conf_get FILE SECTION KEY: the first string value of KEY in the
+# first SECTION (e.g. "[[ports]]") of a config.
+pair_conf_get() {
+  awk -F'"' -v s="$2" -v k="$3" '/^\[/ {split($0, w, " "); sect = w[1]}
+    sect == s && $0 ~ "^" k " *= *\"" {print $2; exit}' "$1"
+}
+
+# pair_load: after pair_write_configs (any shell), set from the two configs:
+#   PAIR_NQN, PAIR_NSIDS, PAIR_PORT_<node> (host port), PAIR_LINK_<node>
+#   (interconnect listen port), PAIR_SOCK_<node> (absolute rpc socket),
+#   PAIR_HOME_<node> (home ANA groups), PAIR_MEDIUM_<nsid> (loop device).
+pair_load() {
+  local n f addr
+  [ -f $PAIR_DIR/a.toml ] && [ -f $PAIR_DIR/b.toml ] || { echo "pair_load: no configs in $PAIR_DIR"; return 1; }
+  PAIR_NQN=$(pair_conf_get $PAIR_DIR/a.toml "[[subsystems]]" nqn)
+  PAIR_NSIDS=$(awk '/^nsid = /{print $3}' $PAIR_DIR/a.toml | tr '\n' ' ')
+  for n in $PAIR_NODES; do
+    f=$PAIR_DIR/$n.toml
+    addr=$(pair_conf_get $f "[[ports]]" addr)
+    printf -v PAIR_PORT_$n '%s' "${addr##*:}"
+    addr=$(pair_conf_get $f "[pair]" listen)
+    printf -v PAIR_LINK_$n '%s' "${addr##*:}"
+    printf -v PAIR_SOCK_$n '%s' "$PAIR_DIR/$(pair_conf_get $f "[node]" rpc_socket)"
+    printf -v PAIR_HOME_$n '%s' "$(awk -F'[][]' '/^home_groups *=/{gsub(/[ ,]+/, " ", $2); print $2; exit}' $f)"
+  done
+  for n in $PAIR_NSIDS; do
+    printf -v PAIR_MEDIUM_$n '%s' "$(cat $PAIR_DIR/medium-ns$n 2>/dev/null)"
+  done
+  [ -n "$PAIR_NQN" ] && [ -n "$PAIR_PORT_a" ] && [ -n "$PAIR_PORT_b" ] && [ -n "$PAIR_LINK_a" ] &&
+    [ -n "$PAIR_LINK_b" ] || { echo "pair_load: cannot read NQN/ports from the configs"; return 1; }
+}
+
+# pair_write_configs: fresh media (one sparse file + loop device per
+# namespace, the example's size), fresh staging dirs, and a.toml/b.toml in
+# $PAIR_DIR derived from `tandem config example --node a|b`.
+pair_write_configs() {
+  local n nsid size bytes file dev
+  [ $TARGET_KIND = tandem ] || { echo "pair_write_configs: no pair with TARGET_KIND=$TARGET_KIND"; return 1; }
+  mkdir -p $PAIR_DIR $PAIR_MEDIA_DIR
+  for n in $PAIR_NODES; do
+    tandem config example --node $n > $PAIR_DIR/$n.example.toml ||
+      { echo "pair_write_configs: tandem config example --node $n failed"; return 1; }
+  done
+  # One medium per namespace, shared by both nodes.
+  for nsid in $(awk '/^nsid = /{print $3}' $PAIR_DIR/a.example.toml); do
+    size=$(awk -v id=$nsid '/^nsid = /{cur=$3} cur==id && /^size = /{gsub(/"/, "", $3); print $3; exit}' \
+      $PAIR_DIR/a.example.toml)
+    case $size in
+      *GiB) bytes=$(( ${size%GiB} * 1024 * 1024 * 1024 )) ;;
+      *MiB) bytes=$(( ${size%MiB} * 1024 * 1024 )) ;;
+      *) echo "pair_write_configs: nsid $nsid: cannot read size '$size'"; return 1 ;;
+    esac
+    file=$PAIR_MEDIA_DIR/ns$nsid.img
+    if [ -f $PAIR_DIR/medium-ns$nsid ]; then
+      dev=$(cat $PAIR_DIR/medium-ns$nsid)
+      losetup -d $dev 2>/dev/null
+      rm -f $PAIR_DIR/medium-ns$nsid
+    fi
+    rm -f $file
+    dd if=/dev/zero of=$file bs=1M count=0 seek=$((bytes / 1024 / 1024)) 2>/dev/null ||
+      { echo "pair_write_configs: cannot create $file"; return 1; }
+    dev=$(losetup -f) && losetup $dev $file ||
+      { echo "pair_write_configs: no loop device for $file"; return 1; }
+    echo $dev > $PAIR_DIR/medium-ns$nsid
+  done
+  for n in $PAIR_NODES; do
+    rm -rf /dev/shm/tandem-pair-$n
+    awk -v node=$n -v dir=$PAIR_DIR '
+      /^\[/ { sect = $1 }
+      /^nsid = / { nsid = $3 }
+      sect == "[[subsystems.namespaces]]" && /^path = / {
+        f = dir "/medium-ns" nsid; getline dev < f; close(f)
+        print "path = \"" dev "\"                 # the example: " $3; next
+      }
+      sect == "[staging]" && /^dir = / { next }
+      { print }
+      sect == "[staging]" && /^domain = / { print "dir = \"/dev/shm/tandem-pair-" node "\"" }
+    ' $PAIR_DIR/$n.example.toml > $PAIR_DIR/$n.toml
+    # Every namespace on its loop device, the staging dir set: else the
+    # example's shape changed under the harness.
+    for nsid in $(awk '/^nsid = /{print $3}' $PAIR_DIR/a.example.toml); do
+      grep -q "^path = \"$(cat $PAIR_DIR/medium-ns$nsid)\"" $PAIR_DIR/$n.toml ||
+        { echo "pair_write_configs: $n.toml: nsid $nsid is not on its loop device"; return 1; }
+    done
+    grep -q "^dir = \"/dev/shm/tandem-pair-$n\"" $PAIR_DIR/$n.toml ||
+      { echo "pair_write_configs: $n.toml: no [staging] domain line to add the dir to"; return 1; }
+    (cd $PAIR_DIR && tandem config check --config $n.toml) > $PAIR_DIR/$n.check 2>&1 ||
+      { echo "pair_write_configs: tandem rejects $n.toml:"; cat $PAIR_DIR/$n.check; return 1; }
+  done
+  pair_load
+}
+
+pair_pid() { cat $PAIR_DIR/$1.pid 2>/dev/null; }
+pair_running() { local p; p=$(pair_pid $1) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+# pair_start: start both nodes (a, then b) from $PAIR_DIR, each logging to
+# $PAIR_DIR/NODE.log, PIDs in $PAIR_DIR/NODE.pid. Returns when both host
+# ports, both interconnect ports and both control sockets are up; non-zero
+# (with the log tail) when a node exits or does not come up in 30 s.
+pair_start() {
+  local n i up
+  [ $TARGET_KIND = tandem ] || { echo "pair_start: no pair with TARGET_KIND=$TARGET_KIND"; return 1; }
+  pair_load || return 1
+  for n in $PAIR_NODES; do
+    if pair_running $n; then echo "pair_start: node $n already runs (pid $(pair_pid $n))"; return 1; fi
+    echo "---- tandem serve --config $n.toml (in $PAIR_DIR) at $(now_s)" >> $PAIR_DIR/$n.log
+    (cd $PAIR_DIR && exec env NO_COLOR=1 tandem serve --config $n.toml 2>>$PAIR_DIR/$n.log >/dev/null) &
+    echo $! > $PAIR_DIR/$n.pid
+    rm -f $PAIR_DIR/$n.rc
+  done
+  for i in $(seq 1 300); do
+    up=1
+    for n in $PAIR_NODES; do
+      pair_running $n || { echo "pair_start: node $n exited; log tail:"; tail -20 $PAIR_DIR/$n.log; return 1; }
+      local port=PAIR_PORT_$n link=PAIR_LINK_$n sock=PAIR_SOCK_$n
+      port_listening ${!port} && port_listening ${!link} && [ -S ${!sock} ] || up=0
+    done
+    [ $up = 1 ] && return 0
+    sleep 0.1
+  done
+  echo "pair_start: the nodes did not listen on their ports and sockets within 30 s"
+  for n in $PAIR_NODES; do echo "-- $n:"; tail -10 $PAIR_DIR/$n.log; done
+  return 1
+}
+
+# pair_stop: SIGTERM to both nodes (by their recorded PIDs) at once; each
+# drains its staged writes to the medium and exits. Waits up to 30 s, then
+# kills a node that is still there with -9. Writes each node's exit status
+# to $PAIR_DIR/NODE.rc (known only in the shell that started them; else
+# "?"). Non-zero when a node had to be killed or exited non-zero.
+pair_stop() {
+  local n pid i rc ret=0
+  for n in $PAIR_NODES; do
+    pid=$(pair_pid $n) && [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
+  done
+  for n in $PAIR_NODES; do
+    pid=$(pair_pid $n) && [ -n "$pid" ] || continue
+    for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "pair_stop: node $n (pid $pid) did not exit within 30 s of SIGTERM; killing it"
+      kill -9 "$pid" 2>/dev/null; ret=1
+    fi
+    wait "$pid" 2>/dev/null; rc=$?
+    [ $rc = 127 ] && rc="?"
+    echo "$rc" > $PAIR_DIR/$n.rc
+    case $rc in 0|"?") ;; *) echo "pair_stop: node $n exited $rc"; ret=1 ;; esac
+    rm -f $PAIR_DIR/$n.pid
+  done
+  return $ret
+}
+
+# pair_status NODE: the node's status (JSON, `tandem rpc ... status`).
+pair_status() {
+  local sock=PAIR_SOCK_$1
+  [ -n "${!sock:-}" ] || pair_load >/dev/null || return 1
+  tandem rpc --socket "${!sock}" status
+}
+
+# pair_remove_media: once both nodes are gone, detach the loop devices and
+# free their files and the staging dirs (tmpfs: guest RAM) for later checks.
+pair_remove_media() {
+  local n f
+  for n in $PAIR_NODES; do
+    pair_running $n && { echo "pair_remove_media: node $n still runs"; return 1; }
+  done
+  for f in $PAIR_DIR/medium-ns*; do
+    [ -f $f ] || continue
+    losetup -d "$(cat $f)" 2>/dev/null
+    rm -f $f
+  done
+  rm -rf $PAIR_MEDIA_DIR
+  for n in $PAIR_NODES; do rm -rf /dev/shm/tandem-pair-$n; done
+}

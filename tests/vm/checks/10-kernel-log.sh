@@ -1,5 +1,5 @@
 #!/bin/bash
-# 09-kernel-log: no nvme warning or error in the kernel log other than those
+# 10-kernel-log: no nvme warning or error in the kernel log other than those
 # a check declared with kmsg_expect while it was running. Run last: it reads
 # the whole log, which the runner splits by TANDEM-VM-CHECK markers.
 . /harness/lib.sh

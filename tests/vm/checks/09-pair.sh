@@ -70,6 +70,12 @@ fi
 log "pair ready in $(awk -v a=$t_start -v b=$(now_s) 'BEGIN{printf "%.1f", b-a}') s:" \
   "a link $(get a pair.link.state) rtt $(get a pair.link.rtt_us) us, b link $(get b pair.link.state) rtt $(get b pair.link.rtt_us) us"
 
+# Both nodes started together: neither may have counted the other away (a
+# node that does acknowledges writes with one copy before its partner is up).
+for n in $PAIR_NODES; do
+  ! grep -q 'mirror DEGRADED' $PAIR_DIR/$n.log || fail "node $n logged 'mirror DEGRADED' at start: $(grep -m1 'mirror DEGRADED' $PAIR_DIR/$n.log)"
+done
+
 # Who owns which namespace (from the status, checked against the configs):
 # OWNER_<nsid>, GROUP_<nsid>.
 for n in $PAIR_NODES; do

@@ -35,6 +35,10 @@
 //!   zeroes where they belong; a is killed and restarted, recovery replays
 //!   the records in order and the medium file ends with zeroes, not the
 //!   older data.
+//! - `the_example_pair_runs_as_printed`: `tandem config example --node a`
+//!   and `--node b`, with only their four ports replaced by free ones, run
+//!   from one working directory: both nodes come up in sync, a write through
+//!   each owner is mirrored into the other (status) and reads back.
 //! - `strangers_and_bad_frames_on_the_interconnect_are_refused`: garbage,
 //!   a handshake with the wrong key and, from a peer that knows the key, a
 //!   corrupted frame, all at a's interconnect port while a host writes
@@ -436,4 +440,68 @@ fn write_zeroes_and_deallocate_are_mirrored_records() {
     wait_until(Duration::from_secs(30), "b to free the replayed records", || {
         field(&pair.b.second_store(1), "records_held") == 0
     });
+}
+
+#[test]
+fn the_example_pair_runs_as_printed() {
+    use tandem_nvmf::host::{ConnectOptions, HostController};
+    use tandem_tests::{free_port, loopback, run_tandem, NodeProcess, Scratch};
+    let dir = Scratch::new("example-pair");
+    // Only the ports change (the printed ones may be in use here); the rings
+    // go to /dev/shm/tandem-<name>-<hash of the data_dir>, unique to this scratch dir.
+    let ports: Vec<(String, String)> = ["4420", "4421", "4430", "4431"]
+        .iter()
+        .map(|p| (format!("127.0.0.1:{p}"), loopback(free_port()).to_string()))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut rings = Vec::new();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let (code, mut text, err) = run_tandem(&["config", "example", "--node", name]);
+        assert_eq!(code, 0, "tandem config example --node {name}: {err}");
+        for (from, to) in &ports {
+            assert!(text.contains(from.as_str()), "the example names {from}");
+            text = text.replace(from.as_str(), to);
+        }
+        let parsed = tandem_target::config::Config::parse(&text).expect("the example parses");
+        let data_dir = dir.path.join(parsed.node.data_dir.as_deref().expect("a data_dir"));
+        rings.push(tandem_target::config::default_shm_staging_dir(name, Some(&data_dir)).expect("ring dir"));
+        let host: std::net::SocketAddr = ports[i].1.parse().expect("addr");
+        nodes.push(NodeProcess::start_in(&dir.path, name, &text, &[host]));
+    }
+    let socket = |name: &str| dir.path.join(format!("tandem-pair/{name}.sock"));
+    let status = |name: &str| {
+        tandem_target::rpc::call(&socket(name), "tandem_get_status", json!({}))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let mirror_state = |name: &str, group: u64| {
+        status(name)["pair"]["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|e| e["group"].as_u64() == Some(group)).cloned())
+            .map(|g| g["mirror"].clone())
+            .unwrap_or_default()
+    };
+    for (name, group) in [("a", 1), ("b", 2)] {
+        wait_until(Duration::from_secs(30), "the example pair to be in sync", || {
+            mirror_state(name, group)["state"] == "in-sync"
+        });
+    }
+    for (i, (name, group)) in [("a", 1u64), ("b", 2u64)].into_iter().enumerate() {
+        let opts = ConnectOptions::new(&ports[i].1, "nqn.2026-11.io.tandem:pair");
+        let mut ctrl = HostController::connect(&opts).expect("connect to the example pair");
+        let mut q = ctrl.take_io_queues().pop().expect("an I/O queue");
+        let data = pattern(7, 4, 9);
+        q.write(group as u32, 7, &data).expect("a write through the owner");
+        let mut back = vec![0u8; data.len()];
+        q.read(group as u32, 7, &mut back).expect("read");
+        assert!(back == data, "node {name}: read-back equals the write");
+        let mirror = mirror_state(name, group);
+        assert!(field(&mirror, "acked_through") >= 1 && field(&mirror, "mirrored_through") >= 1, "{mirror}");
+        assert_eq!(field(&mirror, "degraded_acks"), 0, "{mirror}");
+    }
+    for node in nodes.iter_mut() {
+        assert_eq!(node.terminate(Duration::from_secs(20)), Some(0), "clean exit; log:\n{}", node.log());
+    }
+    for ring in rings {
+        let _ = std::fs::remove_dir_all(ring);
+    }
 }

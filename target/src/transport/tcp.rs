@@ -417,6 +417,15 @@ impl PollGroup {
                 busy |= self.process_staging_waiters(si, ni);
             }
         }
+        // Records committed in this pass go to the partner now, not at the
+        // start of the next pass: the partner's copy is on the write's path.
+        for m in self.media.iter_mut().flatten() {
+            if let Some(st) = m.staged.as_mut() {
+                if let Some(mirror) = st.mirror.as_mut() {
+                    busy |= mirror.poll(&mut st.log);
+                }
+            }
+        }
         self.deliver_async_events();
         // Send this pass's answers (and what a full socket held back), before
         // the next pass runs the flusher.

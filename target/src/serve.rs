@@ -921,22 +921,31 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
                             &mut backend,
                             adopt_staging,
                         )?;
-                        let mut staged =
-                            Staged::new(log, !st.domain.survives_power_loss(), ns.nsid, ns.block_size);
-                        if let (Some(pair), Some(link)) = (&config.pair, &pair_link) {
-                            let id = crate::pair::store_id(&sub.nqn, ns.nsid);
-                            let mirror = MirrorLink::new(
-                                id,
-                                ns.nsid,
-                                &mut staged.log,
-                                pair,
-                                link.dial.clone(),
-                                link.owner_counters.clone(),
-                                Some((target.clone(), ns.ana_group)),
-                            );
-                            mirrors.push((sub.nqn.clone(), ns.nsid, mirror.status.clone()));
-                            staged.mirror = Some(mirror);
-                        }
+                        let mut log = log;
+                        let mirror = match (&config.pair, &pair_link) {
+                            (Some(pair), Some(link)) => {
+                                let id = crate::pair::store_id(&sub.nqn, ns.nsid);
+                                let mirror = MirrorLink::new(
+                                    id,
+                                    ns.nsid,
+                                    &mut log,
+                                    pair,
+                                    link.dial.clone(),
+                                    link.owner_counters.clone(),
+                                    Some((target.clone(), ns.ana_group)),
+                                );
+                                mirrors.push((sub.nqn.clone(), ns.nsid, mirror.status.clone()));
+                                Some(mirror)
+                            }
+                            _ => None,
+                        };
+                        let staged = Staged::new(
+                            log,
+                            mirror,
+                            !st.domain.survives_power_loss(),
+                            ns.nsid,
+                            ns.block_size,
+                        );
                         let ring = ring_path(st, &sub.nqn, ns.nsid);
                         staging_status.push((sub.nqn.clone(), ns.nsid, ring, staged.status.clone()));
                         Some(staged)

@@ -187,7 +187,7 @@ fn namespace_media(ring: Option<&Path>, mdts_bytes: usize) -> NsMedia {
         ..FlusherConfig::default()
     };
     let log = StagingLog::format(region, &ring_config, flusher).expect("format the ring");
-    let staged = Staged::new(log, !DomainKind::Shm.survives_power_loss(), 1, TEST_BLOCK_BYTES);
+    let staged = Staged::new(log, None, !DomainKind::Shm.survives_power_loss(), 1, TEST_BLOCK_BYTES);
     NsMedia { backend: Box::new(ram), staged: Some(staged) }
 }
 

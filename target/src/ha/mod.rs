@@ -27,6 +27,7 @@ pub mod index;
 pub mod layout;
 pub mod link;
 pub mod mirror;
+pub mod node;
 pub mod owner;
 pub mod recovery;
 pub mod ring;

@@ -396,3 +396,25 @@ impl MirrorLink {
         s.partner_writes.store(self.core.partner_writes, Ordering::Relaxed);
     }
 }
+
+/// The write path's view of the mirror; `None`: a single node (a write
+/// completes when its record is durable here).
+impl<R: PersistentRegion> crate::ha::node::Mirror<R> for Option<MirrorLink> {
+    fn ack_through(&mut self, log: &StagingLog<R>) -> u64 {
+        match self {
+            Some(m) => m.ack_through(log),
+            None => log.durable_seq(),
+        }
+    }
+    fn poll(&mut self, log: &mut StagingLog<R>) -> bool {
+        self.as_mut().is_some_and(|m| m.poll(log))
+    }
+    fn on_flusher_event(&mut self, event: &FlusherEvent) {
+        if let Some(m) = self.as_mut() {
+            m.on_flusher_event(event);
+        }
+    }
+    fn refuses_writes(&self) -> bool {
+        self.as_ref().is_some_and(|m| m.medium_stopped())
+    }
+}

@@ -33,11 +33,11 @@ use tandem_nvmf::tcp::{
 use tracing::{debug, info, warn};
 
 use super::media::{NsMedia, Ready};
+use super::media::{StageError, WriteSlot};
 use super::sendq::{OutData, RequestData, SendQueue};
 use super::sockbuf::RecvBuffer;
 use crate::backend::{Backend, BackendCompletion, BackendOp};
 use crate::ctrl::{AdminOutcome, Controller, DataLocation, IoCommand, IoKind, TargetState};
-use crate::ha::{RecordKind, Reservation, ReserveError};
 use crate::metrics::{GroupMetrics, IoOp};
 use tandem_nvmf::spec::nvm::{DsmRange, DSM_RANGE_BYTES};
 
@@ -102,7 +102,7 @@ struct Request {
     ops_pending: u32,
     status: NvmeStatus,
     /// A staged write's record in the ring; its data is received there.
-    reservation: Option<Reservation>,
+    reservation: Option<WriteSlot>,
     /// A read of a staged namespace that found staged data: the ring's
     /// `released_seq` when it was sent to the medium (see `on_read_done`).
     read_snapshot: Option<u64>,
@@ -325,9 +325,7 @@ impl PollGroup {
     pub fn has_unwakeable_work(&self) -> bool {
         self.media.iter().flatten().any(|m| {
             (m.backend.wake_fd().is_none() && m.backend.in_flight() > 0)
-                || m.staged
-                    .as_ref()
-                    .is_some_and(|s| s.has_waiters() || s.log.durable_seq() > s.log.released_seq())
+                || m.staged.as_ref().is_some_and(|s| s.has_work())
         })
     }
 
@@ -421,9 +419,7 @@ impl PollGroup {
         // start of the next pass: the partner's copy is on the write's path.
         for m in self.media.iter_mut().flatten() {
             if let Some(st) = m.staged.as_mut() {
-                if let Some(mirror) = st.mirror.as_mut() {
-                    busy |= mirror.poll(&mut st.log);
-                }
+                busy |= st.poll_mirror();
             }
         }
         self.deliver_async_events();
@@ -493,64 +489,44 @@ impl PollGroup {
     /// left stays in the ring and is replayed at the next start.
     pub fn drain_staging(&mut self, limit: std::time::Duration) {
         let start = Instant::now();
-        let mut completions = Vec::with_capacity(64);
         for m in self.media.iter_mut().flatten() {
             let NsMedia { backend, staged } = m;
             let Some(st) = staged.as_mut() else { continue };
-            // On the medium, a record needs no second copy: the release no
-            // longer waits for the partner (which, told nothing, may still
-            // hold these records; the next connection sorts that out).
-            st.log.set_release_limit(u64::MAX);
-            let from = st.log.drain_start();
-            let target = from.target_seq;
-            let at_start = st.log.drain_progress(&from);
+            let at_start = st.drain_size();
             let mut progress = (at_start.records_total > 0).then(|| {
                 let what = "draining staged writes to the medium";
-                crate::progress::Progress::new(what, st.nsid, at_start.records_total, at_start.bytes_total)
+                crate::progress::Progress::new(what, st.nsid(), at_start.records_total, at_start.bytes_total)
             });
-            let outcome = loop {
-                if let Some(p) = progress.as_mut() {
-                    let now = st.log.drain_progress(&from);
-                    p.update(now.records_done, now.bytes_done);
-                }
-                if st.log.released_seq() >= target {
-                    break Ok(());
-                }
-                if start.elapsed() > limit {
-                    break Err("time limit");
-                }
-                let now = now_ms();
-                let submitted = st.log.poll_flusher(backend, now);
-                backend.kick();
-                completions.clear();
-                let completed = backend.poll_completions(&mut completions);
-                for c in completions.drain(..) {
-                    // Completions of host commands are dropped: their connections are closed.
-                    let _ = st.log.on_backend_completion(&*backend, c, now);
-                }
-                if let Some(event) = st.log.take_event() {
-                    warn!(nsid = st.nsid, ?event, "medium failed while draining");
-                    break Err("the medium failed a write");
-                }
-                if submitted == 0 && completed == 0 {
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                }
-            };
+            let mut last = at_start;
+            let deadline_ms = limit.saturating_sub(start.elapsed()).as_millis() as u64;
+            let t0 = Instant::now();
+            let outcome = st.drain_for_shutdown(
+                backend,
+                &mut || t0.elapsed().as_millis() as u64,
+                deadline_ms,
+                &mut || std::thread::sleep(std::time::Duration::from_micros(200)),
+                &mut |p| {
+                    last = p;
+                    if let Some(progress) = progress.as_mut() {
+                        progress.update(p.records_done, p.bytes_done);
+                    }
+                },
+            );
             if let Some(p) = progress.as_mut() {
-                let now = st.log.drain_progress(&from);
-                p.finish(now.records_done, now.bytes_done);
+                p.finish(last.records_done, last.bytes_done);
             }
+            let target = outcome.unwrap_or(0);
             match outcome {
-                Ok(()) => info!(
-                    nsid = st.nsid,
+                Ok(_) => info!(
+                    nsid = st.nsid(),
                     records = at_start.records_total,
                     released_seq = target,
                     "staged writes drained to the medium"
                 ),
                 Err(why) => warn!(
-                    nsid = st.nsid,
-                    released_seq = st.log.released_seq(),
-                    durable_seq = target,
+                    nsid = st.nsid(),
+                    released_seq = st.released_seq(),
+                    left = at_start.records_total - last.records_done,
                     why,
                     "staged writes NOT all on the medium at shutdown: \
                      they stay in the ring and are replayed at the next start"
@@ -564,9 +540,10 @@ impl PollGroup {
     pub fn attach_mirror(&mut self, attached: crate::pair::dialer::Attached) -> Option<RawFd> {
         for m in self.media.iter_mut().flatten() {
             let Some(st) = m.staged.as_mut() else { continue };
-            let Some(mirror) = st.mirror.as_mut() else { continue };
+            let (log, mirror) = st.log_and_mirror();
+            let Some(mirror) = mirror.as_mut() else { continue };
             if mirror.store_id() == attached.store_id {
-                return mirror.attach(&mut st.log, attached);
+                return mirror.attach(log, attached);
             }
         }
         warn!(store_id = attached.store_id, "mirror connection for a ring this reactor does not own");
@@ -606,7 +583,7 @@ impl PollGroup {
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
         st.collect_ready(&mut ready);
-        let volatile = st.volatile;
+        let volatile = st.is_volatile();
         let mut busy = !ready.is_empty();
         for r in ready.drain(..) {
             match r {
@@ -623,7 +600,7 @@ impl PollGroup {
                             req.state = ReqState::WaitingRelease;
                         }
                         if let Some(st) = self.media[si][ni].staged.as_mut() {
-                            st.await_release(seq, tag);
+                            st.await_medium(seq, tag);
                         }
                     } else {
                         self.complete_tag(tag, ReqState::WaitingDurable, NvmeStatus::SUCCESS);
@@ -638,18 +615,16 @@ impl PollGroup {
         // Writes that waited for ring space while the group stopped taking
         // writes: answered with the ANA status, never acknowledged late.
         if self.media[si][ni].staged.as_ref().is_some_and(|st| st.refuses_writes()) {
-            while let Some(tag) =
-                self.media[si][ni].staged.as_mut().and_then(|st| st.awaiting_space.pop_front())
-            {
+            while let Some(tag) = self.media[si][ni].staged.as_mut().and_then(|st| st.pop_parked()) {
                 self.complete_tag(tag, ReqState::WaitingForRing, NvmeStatus::ANA_INACCESSIBLE);
                 busy = true;
             }
         }
         // Writes that waited for ring space: start them now if room freed up.
-        while let Some(&tag) = self.media[si][ni].staged.as_ref().and_then(|st| st.awaiting_space.front()) {
+        while let Some(tag) = self.media[si][ni].staged.as_ref().and_then(|st| st.parked_front()) {
             if self.request_mut(tag, ReqState::WaitingForRing).is_none() {
                 if let Some(st) = self.media[si][ni].staged.as_mut() {
-                    st.awaiting_space.pop_front();
+                    st.pop_parked();
                 }
                 continue;
             }
@@ -658,13 +633,13 @@ impl PollGroup {
                 Ok(true) => {
                     busy = true;
                     if let Some(st) = self.media[si][ni].staged.as_mut() {
-                        st.awaiting_space.pop_front();
+                        st.pop_parked();
                     }
                 }
                 Ok(false) => break,
                 Err(close) => {
                     if let Some(st) = self.media[si][ni].staged.as_mut() {
-                        st.awaiting_space.pop_front();
+                        st.pop_parked();
                     }
                     self.close_connection(slot, close);
                 }
@@ -692,9 +667,9 @@ impl PollGroup {
             return Ok(true);
         };
         let Some(st) = self.staged_mut(slot, idx) else { return Ok(true) };
-        let res = match st.log.reserve(data_len) {
+        let res = match st.begin_write(data_len, tag) {
             Ok(res) => res,
-            Err(ReserveError::RingFull { .. }) => return Ok(false),
+            Err(StageError::RingFull) => return Ok(false),
             Err(e) => {
                 warn!(error = %e, "staging refused a write");
                 if let Some(conn) = self.conns[slot].as_mut() {
@@ -703,8 +678,8 @@ impl PollGroup {
                 return Ok(true);
             }
         };
-        st.await_durable(res.seq(), tag);
-        let Some(conn) = self.conns[slot].as_mut() else { return Ok(true) };
+        // The connection is there: `data_len` was just read from it.
+        let Some(conn) = self.conns[slot].as_mut() else { unreachable!("connection {slot} vanished") };
         let req = &mut conn.reqs.0[idx as usize];
         req.staged_seq = Some(res.seq());
         req.reservation = Some(res);
@@ -729,7 +704,7 @@ impl PollGroup {
             return;
         };
         if let Some(st) = self.staged_mut(slot, idx) {
-            let _ = st.log.cancel(res);
+            st.abandon_write(res);
         }
     }
 
@@ -789,16 +764,14 @@ impl PollGroup {
                     self.media.get(si).and_then(|m| m.get(io.ns_index)).and_then(|m| m.staged.as_ref())
                 {
                     let req = &mut conn.reqs.0[req_idx as usize];
-                    if req.read_snapshot.is_some_and(|snap| st.log.released_seq() != snap) {
+                    if req.read_snapshot.is_some_and(|snap| st.released_seq() != snap) {
                         self.stats.read_retries += 1;
                         req.read_snapshot = None;
                         self.execute_io(slot, req_idx);
                         return;
                     }
                     if let Some(buf) = req.buf.as_deref_mut() {
-                        if let Err(e) =
-                            st.log.read_overlay(st.nsid, io.slba, io.block_count, st.block_bytes, buf)
-                        {
+                        if let Err(e) = st.read_overlay(io.slba, io.block_count, buf) {
                             warn!(error = %e, "staged read overlay failed");
                             respond(conn, req_idx, NvmeStatus::INTERNAL_ERROR, 0, 0);
                             return;
@@ -893,17 +866,16 @@ impl PollGroup {
                             conn.sink = DataSink::Discard;
                             return Ok(true);
                         }
-                        match st.log.reserve(r.data_len) {
+                        let tag = make_tag(slot, conn.gen, req);
+                        match st.begin_write(r.data_len, tag) {
                             Ok(res) => {
-                                let tag = make_tag(slot, conn.gen, req);
-                                st.await_durable(res.seq(), tag);
                                 r.staged_seq = Some(res.seq());
                                 r.reservation = Some(res);
                                 r.state = ReqState::ReceivingCapsuleData;
                                 conn.sink = DataSink::Request { req, offset: 0 };
                                 Ok(true)
                             }
-                            Err(ReserveError::RingFull { .. }) => {
+                            Err(StageError::RingFull) => {
                                 if r.state != ReqState::WaitingForRing {
                                     r.state = ReqState::WaitingForRing;
                                     stats.ring_full_waits += 1;
@@ -931,7 +903,7 @@ impl PollGroup {
                                     .and_then(|m| m.get_mut(io.ns_index))
                                     .and_then(|m| m.staged.as_mut());
                                 match staged {
-                                    Some(st) => st.log.data_mut(res),
+                                    Some(st) => st.write_buffer(res),
                                     None => {
                                         return Err(Close::Gone("internal: reservation without a log".into()))
                                     }
@@ -988,7 +960,7 @@ impl PollGroup {
                                     .and_then(|m| m.get_mut(io.ns_index))
                                     .and_then(|m| m.staged.as_mut());
                                 if let Some(st) = staged {
-                                    let _ = st.log.cancel(res);
+                                    st.abandon_write(res);
                                 }
                             }
                             r.status = NvmeStatus::TRANSIENT_TRANSPORT_ERROR;
@@ -1378,7 +1350,7 @@ impl PollGroup {
                         if !self.start_staged_r2t(slot, idx)? {
                             let tag = self.tag_of(slot, idx);
                             if let Some(st) = self.staged_mut(slot, idx) {
-                                st.awaiting_space.push_back(tag);
+                                st.park_for_space(tag);
                             }
                             if let Some(req) = self.conns[slot].as_mut().map(|c| &mut c.reqs.0[idx as usize])
                             {
@@ -1480,19 +1452,17 @@ impl PollGroup {
                         return true;
                     };
                     req.state = ReqState::WaitingDurable;
-                    let _ = st.log.commit(res, st.nsid, io.slba, io.block_count);
+                    st.commit_write(res, io.slba, io.block_count);
                     return true;
                 }
                 IoKind::Flush => {
                     // A volatile domain is a write cache: Flush drains it to
                     // the medium. A persistent one already holds every
                     // acknowledged write durably.
-                    let target = st.log.durable_seq();
-                    if st.volatile && st.log.released_seq() < target {
-                        req.state = ReqState::WaitingRelease;
-                        st.await_release(target, tag);
-                    } else {
+                    if st.flush(tag) {
                         respond(conn, idx, NvmeStatus::SUCCESS, 0, 0);
+                    } else {
+                        req.state = ReqState::WaitingRelease;
                     }
                     return true;
                 }
@@ -1500,15 +1470,14 @@ impl PollGroup {
                     // A record of its own, ordered and mirrored like a write:
                     // no replay of either copy can bring older data back.
                     // It completes when durable (`process_staging_waiters`).
-                    return match st.log.stage_op(RecordKind::Zeroes, st.nsid, io.slba, io.block_count) {
-                        Ok(outcome) => {
-                            req.staged_seq = Some(outcome.seq);
+                    return match st.stage_zeroes(tag, io.slba, io.block_count) {
+                        Ok(seq) => {
+                            req.staged_seq = Some(seq);
                             req.state = ReqState::WaitingDurable;
-                            st.await_durable(outcome.seq, tag);
                             true
                         }
                         // Retried with the commands waiting for the backend.
-                        Err(ReserveError::RingFull { .. }) => false,
+                        Err(StageError::RingFull) => false,
                         Err(e) => {
                             warn!(error = %e, "staging refused a Write Zeroes");
                             fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
@@ -1532,14 +1501,14 @@ impl PollGroup {
                         fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
                         return true;
                     };
-                    match st.log.read_overlay(st.nsid, io.slba, io.block_count, st.block_bytes, buf) {
+                    match st.read_overlay(io.slba, io.block_count, buf) {
                         Ok(n) if n == u64::from(io.block_count) => {
                             // Wholly staged: the ring has the newest data.
                             respond(conn, idx, NvmeStatus::SUCCESS, 0, io.data_bytes as usize);
                             return true;
                         }
                         Ok(0) => req.read_snapshot = None,
-                        Ok(_) => req.read_snapshot = Some(st.log.released_seq()),
+                        Ok(_) => req.read_snapshot = Some(st.released_seq()),
                         Err(e) => {
                             warn!(error = %e, "staged read overlay failed");
                             fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
@@ -1699,30 +1668,17 @@ fn stage_deallocate(
             return true;
         }
     };
-    let wanted: Vec<&DsmRange> = ranges.iter().filter(|r| r.block_count() > 0).collect();
-    let mut reserved = Vec::with_capacity(wanted.len());
-    for _ in &wanted {
-        match st.log.reserve_op() {
-            Ok(res) => reserved.push(res),
-            Err(e) => {
-                for res in reserved {
-                    let _ = st.log.cancel(res);
-                }
-                if matches!(e, ReserveError::RingFull { .. }) {
-                    return false;
-                }
-                warn!(error = %e, "staging refused a Deallocate");
-                fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
-                return true;
-            }
+    let wanted: Vec<(u64, u32)> = ranges.iter().map(|r| (r.slba(), r.block_count())).collect();
+    let last = match st.stage_deallocate(tag, &wanted) {
+        Ok(last) => last,
+        // Retried with the commands waiting for the backend.
+        Err(StageError::RingFull) => return false,
+        Err(e) => {
+            warn!(error = %e, "staging refused a Deallocate");
+            fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+            return true;
         }
-    }
-    let mut last = None;
-    for (res, range) in reserved.into_iter().zip(wanted) {
-        let outcome =
-            st.log.commit_op(res, RecordKind::Deallocate, st.nsid, range.slba(), range.block_count());
-        last = Some(outcome.seq);
-    }
+    };
     let req = &mut conn.reqs.0[idx as usize];
     req.buf = None;
     match last {
@@ -1730,7 +1686,6 @@ fn stage_deallocate(
         Some(seq) => {
             req.staged_seq = Some(seq);
             req.state = ReqState::WaitingDurable;
-            st.await_durable(seq, tag);
         }
     }
     true

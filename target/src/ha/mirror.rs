@@ -90,7 +90,7 @@ impl MirrorSender {
             Some("the partner's store is of another ring instance, or it has none")
         } else if epoch != ring.epoch() {
             Some("the partner's store is of another epoch")
-        } else if held_through > ring.durable_seq() {
+        } else if held_through > ring.written_seq() {
             Some("the partner holds records this node does not (never acknowledged)")
         } else if held_through < ring.released_seq() || released_seq > ring.released_seq() {
             Some("this node released records the partner does not hold")
@@ -164,7 +164,7 @@ impl MirrorSender {
             at += encode(&frame, &mut out[at..])?;
             self.released_sent = release;
         }
-        while self.sent_through < ring.durable_seq() {
+        while self.sent_through < ring.written_seq() {
             let seq = self.sent_through + 1;
             let Some(image) = ring.mirror_image(seq) else { break };
             let pad_bytes = image.pad.map_or(0, |p| RECORD_PREFIX_BYTES + p.bytes.len());

@@ -288,6 +288,22 @@ impl<R: PersistentRegion> StagingLog<R> {
         outcome
     }
 
+    /// Commit writes record headers only and [`StagingLog::persist`]
+    /// persists them, so a mirrored record goes to the partner while it is
+    /// persisted here (not after). Off by default.
+    pub fn set_deferred_persist(&mut self, deferred: bool) {
+        self.ring.set_deferred_persist(deferred);
+    }
+
+    /// Persists what commit wrote (deferred persist); returns the records
+    /// that became durable (and entered the read index).
+    pub fn persist(&mut self) -> u64 {
+        let range = self.ring.persist_written();
+        let count = if range.is_empty() { 0 } else { range.end() - range.start() + 1 };
+        self.index_durable(&CommitOutcome { seq: *range.end(), newly_durable: range });
+        count
+    }
+
     /// Abandons a reservation (the command failed before its data arrived).
     pub fn cancel(&mut self, reservation: Reservation) -> CommitOutcome {
         let outcome = self.ring.cancel(reservation);

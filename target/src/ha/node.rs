@@ -36,6 +36,9 @@ pub trait Mirror<R: PersistentRegion> {
     fn on_flusher_event(&mut self, event: &FlusherEvent);
     /// The group takes no writes here (the medium failed too long).
     fn refuses_writes(&self) -> bool;
+    /// Records are sent to the partner before they are persisted here (both
+    /// at once, claims 4 and 9): commit writes headers, the pass persists.
+    fn defers_persist(&self) -> bool;
 }
 
 /// A single node: a write completes when its record is durable here.
@@ -51,6 +54,9 @@ impl<R: PersistentRegion> Mirror<R> for NoMirror {
     }
     fn on_flusher_event(&mut self, _event: &FlusherEvent) {}
     fn refuses_writes(&self) -> bool {
+        false
+    }
+    fn defers_persist(&self) -> bool {
         false
     }
 }
@@ -141,7 +147,14 @@ pub struct NsNode<R: PersistentRegion, M: Mirror<R>> {
 }
 
 impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
-    pub fn new(log: StagingLog<R>, mirror: M, volatile: bool, nsid: u32, block_bytes: u32) -> NsNode<R, M> {
+    pub fn new(
+        mut log: StagingLog<R>,
+        mirror: M,
+        volatile: bool,
+        nsid: u32,
+        block_bytes: u32,
+    ) -> NsNode<R, M> {
+        log.set_deferred_persist(mirror.defers_persist());
         NsNode {
             log,
             volatile,
@@ -350,6 +363,7 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
                 out.push(other);
             }
         }
+        busy |= self.log.persist() > 0;
         busy |= self.log.poll_flusher(backend, now_ms) > 0;
         busy |= self.mirror.poll(&mut self.log);
         while let Some(event) = self.log.take_event() {
@@ -363,9 +377,11 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
         busy
     }
 
-    /// Lets the mirror send what this pass committed.
+    /// Lets the mirror send what this pass committed, then persists it
+    /// here: the partner's copy and the local persist are under way together.
     pub fn poll_mirror(&mut self) -> bool {
-        self.mirror.poll(&mut self.log)
+        let sent = self.mirror.poll(&mut self.log);
+        self.log.persist() > 0 || sent
     }
 
     /// Clean shutdown: writes every staged record to the medium and makes it
@@ -382,6 +398,7 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
         observe: &mut dyn FnMut(DrainProgress),
     ) -> Result<u64, &'static str> {
         self.log.set_release_limit(u64::MAX);
+        self.log.persist();
         let from = self.log.drain_start();
         let target = from.target_seq;
         let mut completions = Vec::with_capacity(64);

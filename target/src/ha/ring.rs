@@ -72,6 +72,9 @@ enum SlotState {
     Reserved,
     /// `commit`/`cancel` called; the header waits for earlier records.
     Ready,
+    /// Header written after every earlier one; not persisted yet (deferred
+    /// persist: the mirror may send it meanwhile).
+    Written,
     /// Header and data persisted.
     Durable,
 }
@@ -136,6 +139,11 @@ pub struct Ring<R: PersistentRegion> {
     control: ControlState,
     /// All sequences <= this are durable (header and data persisted).
     durable_seq: u64,
+    /// All sequences <= this have their header written (>= durable_seq).
+    written_seq: u64,
+    /// Commit writes headers only; `persist_written` persists them (the
+    /// owner of a mirrored ring sends records before persisting them).
+    deferred_persist: bool,
     /// The sequence the next reservation gets.
     next_seq: u64,
     /// Logical byte positions: offset in the area = pos % area_bytes.
@@ -203,6 +211,8 @@ impl<R: PersistentRegion> Ring<R> {
             medium,
             control,
             durable_seq: last_seq,
+            written_seq: last_seq,
+            deferred_persist: false,
             next_seq: last_seq + 1,
             head_pos,
             tail_pos,
@@ -215,7 +225,8 @@ impl<R: PersistentRegion> Ring<R> {
 
     fn check_invariants(&self) {
         assert!(self.control.released_seq <= self.durable_seq, "released beyond durable");
-        assert!(self.durable_seq < self.next_seq, "durable beyond reserved");
+        assert!(self.durable_seq <= self.written_seq, "durable beyond written");
+        assert!(self.written_seq < self.next_seq, "written beyond reserved");
         assert!(self.head_pos <= self.tail_pos, "ring head beyond tail");
         assert!(self.tail_pos - self.head_pos <= self.geometry.area_bytes, "ring over-full");
         assert_eq!(
@@ -394,13 +405,57 @@ impl<R: PersistentRegion> Ring<R> {
         self.advance_durable(reservation.seq)
     }
 
-    /// Writes headers and persists every Ready record that directly follows
-    /// `durable_seq`, in sequence order, one persist call per record (after
-    /// the pad, if the record has one).
+    /// Commit writes the headers only, and [`Ring::persist_written`]
+    /// persists them (deferred), or commit does both (the default).
+    pub fn set_deferred_persist(&mut self, deferred: bool) {
+        self.deferred_persist = deferred;
+    }
+
+    /// Every record through this has its header written (it may be sent to
+    /// the partner; it is acknowledged only once durable here too).
+    pub fn written_seq(&self) -> u64 {
+        self.written_seq
+    }
+
+    /// Writes headers for the Ready records that directly follow, then (not
+    /// deferred) persists them. The outcome names the newly durable ones.
     fn advance_durable(&mut self, seq: u64) -> CommitOutcome {
+        self.write_headers();
+        if self.deferred_persist {
+            let none = self.durable_seq + 1..=self.durable_seq;
+            return CommitOutcome { seq, newly_durable: none };
+        }
+        CommitOutcome { seq, newly_durable: self.persist_written() }
+    }
+
+    /// Persists every record whose header is written and not yet persisted,
+    /// in sequence order, one persist call per record (after its pad, if it
+    /// has one). Returns the sequences that became durable.
+    pub fn persist_written(&mut self) -> std::ops::RangeInclusive<u64> {
         let first_new = self.durable_seq + 1;
         let align = self.geometry.record_align_bytes as usize;
-        while let Some(index) = self.slot_index(self.durable_seq + 1) {
+        while self.durable_seq < self.written_seq {
+            let Some(index) = self.slot_index(self.durable_seq + 1) else { break };
+            let slot = self.slots[index];
+            if slot.start_pos != slot.record_pos {
+                let pad_offset = self.area_offset_of(slot.start_pos) + align - RECORD_HEADER_BYTES;
+                self.region.persist(pad_offset, RECORD_HEADER_BYTES);
+            }
+            let header_offset = self.area_offset_of(slot.record_pos) + align - RECORD_HEADER_BYTES;
+            let persist_len = RECORD_HEADER_BYTES + if slot.cancelled { 0 } else { slot.data_len };
+            self.region.persist(header_offset, persist_len);
+            self.slots[index].state = SlotState::Durable;
+            self.durable_seq += 1;
+        }
+        self.check_invariants();
+        first_new..=self.durable_seq
+    }
+
+    /// Writes the header (and pad) of every Ready record that directly
+    /// follows `written_seq`, in sequence order.
+    fn write_headers(&mut self) {
+        let align = self.geometry.record_align_bytes as usize;
+        while let Some(index) = self.slot_index(self.written_seq + 1) {
             let slot = self.slots[index];
             if slot.state != SlotState::Ready {
                 break;
@@ -421,7 +476,6 @@ impl<R: PersistentRegion> Ring<R> {
                 header.encode_fields(bytes);
                 let crc = RecordHeader::compute_crc(bytes, &[]);
                 RecordHeader::store_crc(bytes, crc);
-                self.region.persist(pad_offset, RECORD_HEADER_BYTES);
             }
             let header_offset = self.area_offset_of(slot.record_pos) + align - RECORD_HEADER_BYTES;
             let header = RecordHeader {
@@ -441,13 +495,9 @@ impl<R: PersistentRegion> Ring<R> {
             let covered: &[u8] = if slot.cancelled { &[] } else { &data[..slot.data_len] };
             let crc = RecordHeader::compute_crc(header_bytes, covered);
             RecordHeader::store_crc(header_bytes, crc);
-            let persist_len = RECORD_HEADER_BYTES + if slot.cancelled { 0 } else { slot.data_len };
-            self.region.persist(header_offset, persist_len);
-            self.slots[index].state = SlotState::Durable;
-            self.durable_seq += 1;
+            self.slots[index].state = SlotState::Written;
+            self.written_seq += 1;
         }
-        self.check_invariants();
-        CommitOutcome { seq, newly_durable: first_new..=self.durable_seq }
     }
 
     /// The committed record `seq`, if it is still staged (not released).

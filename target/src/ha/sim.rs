@@ -11,7 +11,9 @@
 //! lost), a corrupted byte on the wire, medium EIO on a node's path (the
 //! flusher's and, for the partner's writes, its own), and process crashes
 //! with a restart (the rings survive in their persistence domain; a medium
-//! write in flight at the crash lands or not). Not modelled here: torn
+//! write in flight at the crash lands or not), and a local persist that
+//! lags its commit (records go to the partner first; commit only writes
+//! headers, a later step persists). Not modelled here: torn
 //! persists (the ring persists a record in one call at commit; recovery's
 //! handling of torn tails is tested in `ha::tests`), the handshake (tested
 //! in `link::auth_tests` and over TCP in the pair tests), and takeover
@@ -25,8 +27,9 @@
 //! - while the owner reports its mirror in sync, every acknowledged record
 //!   not yet on the medium is in the partner's second store (during a resync
 //!   after a format the partner's copy is being rebuilt; see issue 8's note);
-//! - released <= held in the partner's store, held <= durable <= next in the
-//!   owner's ring;
+//! - released <= held in the partner's store, held <= written (the partner
+//!   may hold a record before the owner has persisted it, never one the owner
+//!   has not written), durable <= written < next in the owner's ring;
 //! - reads through a live owner (the read overlay on the medium) return the
 //!   newest committed data of a few random blocks.
 //!
@@ -68,6 +71,8 @@ struct Options {
     restart: u64,
     partner_timeout_ms: u64,
     medium_failed_limit_ms: u64,
+    /// Chance per step that a node's pending local persist runs.
+    persist: u64,
 }
 
 const OPTIONS: Options = Options {
@@ -82,6 +87,7 @@ const OPTIONS: Options = Options {
     restart: 40,
     partner_timeout_ms: 40,
     medium_failed_limit_ms: 400,
+    persist: 600,
 };
 
 struct Rng(SplitMix64);
@@ -269,8 +275,13 @@ struct Node {
     failing: Arc<Mutex<bool>>,
     /// The medium of the namespace this node owns.
     medium: Arc<Mutex<Medium>>,
-    /// Newest committed data per block of the owned namespace (None: zeroes).
+    /// Newest durable data per block of the owned namespace (None: zeroes).
     model: Vec<Option<Vec<u8>>>,
+    /// While down: what its second store held when it crashed (released,
+    /// durable); the region keeps those records.
+    store_at_crash: (u64, u64),
+    /// Committed records not yet durable: (seq, slba, nlb, has data).
+    pending: std::collections::VecDeque<(u64, u64, u32, bool)>,
     down_steps: u64,
 }
 
@@ -339,6 +350,8 @@ impl Sim {
                     failing,
                     medium,
                     model: vec![None; BLOCKS as usize],
+                    pending: std::collections::VecDeque::new(),
+                    store_at_crash: (0, 0),
                     down_steps: 0,
                 }
                 .with_log(n, &mut rng)
@@ -427,6 +440,17 @@ impl Sim {
             self.deliver_to_owner(i);
         }
         for i in 0..2 {
+            // The local persist runs when it runs: records may be sent and
+            // even held by the partner before they are durable here.
+            if self.rng.chance(OPTIONS.persist) {
+                let seed = self.seed;
+                let node = &mut self.nodes[i];
+                if let Some(p) = node.process.as_mut() {
+                    p.log.persist();
+                    let durable = p.log.durable_seq();
+                    node.settle(durable, seed);
+                }
+            }
             self.flush(i);
             self.tick(i);
         }
@@ -493,10 +517,10 @@ impl Sim {
         if result.is_err() {
             return; // Ring full: the host's command waits (it is not issued here).
         }
-        for b in 0..u64::from(nlb) {
-            node.model[(slba + b) as usize] =
-                if kind == RecordKind::Data { Some(block_data(seed, seq, slba + b)) } else { None };
-        }
+        // Reads show it once it is durable here (before, old or new data).
+        let durable = p.log.durable_seq();
+        node.pending.push_back((seq, slba, nlb, kind == RecordKind::Data));
+        node.settle(durable, seed);
     }
 
     fn connect_if_possible(&mut self, i: usize) {
@@ -673,9 +697,16 @@ impl Sim {
         if durable < through {
             self.fail(format!("node {i}: acknowledged through {through}, durable only through {durable}"));
         }
-        let store = self.nodes[1 - i].process.as_ref().and_then(|q| q.receiver.store());
+        let partner = &self.nodes[1 - i];
+        let store = partner.process.as_ref().and_then(|q| q.receiver.store());
         for seq in before + 1..=through {
-            let partner_holds = store.is_some_and(|s| s.durable_seq() >= seq && s.record(seq).is_some());
+            // A partner that crashed still holds, in its persistent region,
+            // what its store held then.
+            let partner_holds = match (&partner.process, store) {
+                (Some(_), Some(s)) => s.durable_seq() >= seq && s.record(seq).is_some(),
+                (Some(_), None) => false,
+                (None, _) => partner.store_at_crash.0 < seq && seq <= partner.store_at_crash.1,
+            };
             if !(degraded || seq <= released || partner_holds) {
                 self.fail(format!(
                     "node {i}: record {seq} acknowledged with neither the partner's copy nor the medium ({detail}; \
@@ -689,6 +720,8 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         let Some(mut p) = self.nodes[i].process.take() else { return };
         p.backend.crash();
+        self.nodes[i].store_at_crash =
+            p.receiver.store().map_or((0, 0), |s| (s.released_seq(), s.durable_seq()));
         self.nodes[i].ring_region = Some(p.log.into_region());
         self.nodes[i].store_region = Some(p.receiver.into_region());
         self.nodes[i].down_steps = 0;
@@ -723,6 +756,7 @@ impl Sim {
             StagingLog::recover(region, 0, &binding, flusher_config(), &mut backend, wait, &mut Vec::new());
         let (mut log, _) =
             recovered.unwrap_or_else(|e| panic!("seed {}: node {i}: recovery: {e}", self.seed));
+        log.set_deferred_persist(true);
         let store_region = node.store_region.take().expect("a second store region");
         let receiver = if store_region.bytes()[..CONTROL_OFFSET + 4096].iter().any(|&b| b != 0) {
             match open_second_store(store_region) {
@@ -734,6 +768,8 @@ impl Sim {
         };
         let owner = OwnerMirror::new(&mut log, owner_config(), self.now_ms);
         let acked = log.released_seq();
+        // Recovery replayed every record whose header was written.
+        node.settle(u64::MAX, self.seed);
         node.process = Some(Process { log, owner, receiver, backend, acked });
     }
 
@@ -745,14 +781,16 @@ impl Sim {
                 self.fail(format!("step {step} node {i}: released <= durable < next broken"));
             }
             if let Some(store) = self.nodes[1 - i].process.as_ref().and_then(|q| q.receiver.store()) {
+                // The partner may hold records not yet durable here (sent
+                // while persisted), never one not even written here.
                 let broken =
-                    store.released_seq() > store.durable_seq() || store.durable_seq() > ring.durable_seq();
+                    store.released_seq() > store.durable_seq() || store.durable_seq() > ring.written_seq();
                 if broken && store.geometry().format_nonce == ring.geometry().format_nonce {
                     self.fail(format!(
-                        "step {step} node {i}: the partner holds {}..={} of a ring durable through {}",
+                        "step {step} node {i}: the partner holds {}..={} of a ring written through {}",
                         store.released_seq(),
                         store.durable_seq(),
-                        ring.durable_seq()
+                        ring.written_seq()
                     ));
                 }
                 if p.owner.state() == MirrorState::InSync && self.conns[i].up {
@@ -806,10 +844,24 @@ impl Sim {
 }
 
 impl Node {
+    /// Records through `durable` are durable: the model follows them.
+    fn settle(&mut self, durable: u64, seed: u64) {
+        while let Some(&(seq, slba, nlb, data)) = self.pending.front() {
+            if seq > durable {
+                break;
+            }
+            self.pending.pop_front();
+            for b in 0..u64::from(nlb) {
+                self.model[(slba + b) as usize] = data.then(|| block_data(seed, seq, slba + b));
+            }
+        }
+    }
+
     fn with_log(mut self, n: u8, rng: &mut Rng) -> Node {
         let n = n + 1;
         let mut log = StagingLog::format(MemRegion::new(RING_BYTES), &ring_config(n), flusher_config())
             .expect("format");
+        log.set_deferred_persist(true);
         let owner = OwnerMirror::new(&mut log, owner_config(), 0);
         let backend = SimBackend {
             medium: self.medium.clone(),

@@ -1205,3 +1205,27 @@ fn a_batch_reported_to_the_partner_fences_its_blocks_until_it_answers() {
     let block = read_fault_block(&mut backend, 0);
     assert_eq!(block.0, u64::from_le_bytes([2; 8]), "the newest write is on the medium");
 }
+
+/// Deferred persist: commit writes the header (the record can be sent to the
+/// partner) but it is durable, acknowledgeable, indexed and flushable only
+/// after `persist`.
+#[test]
+fn deferred_persist_writes_headers_at_commit_and_makes_records_durable_later() {
+    let mut log =
+        StagingLog::format(MemRegion::new(256 * 1024), &ring_config(), flusher_config()).expect("format");
+    log.set_deferred_persist(true);
+    let outcome = log.stage(1, 0, 8, &[7; 4096]).expect("stage");
+    assert!(outcome.newly_durable.is_empty(), "nothing durable at commit");
+    assert_eq!((log.ring().written_seq(), log.durable_seq()), (1, 0));
+    assert!(log.ring().mirror_image(1).is_some(), "a written record can be mirrored");
+    assert_eq!(log.staged_overlaps(1, 0, 8).count(), 0, "not read before it is durable");
+    let mut backend = FaultBackend::new(RamBackend::new(BLOCK, 64).expect("ram"));
+    pump_passes(&mut log, &mut backend, 5);
+    assert_eq!(log.released_seq(), 0, "not flushed before it is durable");
+    assert_eq!(log.persist(), 1);
+    assert_eq!((log.ring().written_seq(), log.durable_seq()), (1, 1));
+    assert_eq!(log.staged_overlaps(1, 0, 8).count(), 1);
+    assert_eq!(log.persist(), 0, "nothing more to persist");
+    pump_passes(&mut log, &mut backend, 5);
+    assert_eq!(log.released_seq(), 1);
+}

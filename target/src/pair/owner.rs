@@ -417,4 +417,7 @@ impl<R: PersistentRegion> crate::ha::node::Mirror<R> for Option<MirrorLink> {
     fn refuses_writes(&self) -> bool {
         self.as_ref().is_some_and(|m| m.medium_stopped())
     }
+    fn defers_persist(&self) -> bool {
+        self.is_some()
+    }
 }

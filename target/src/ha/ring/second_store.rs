@@ -100,7 +100,7 @@ impl<R: PersistentRegion> Ring<R> {
     /// header only (its data is never read).
     pub fn mirror_image(&self, seq: u64) -> Option<MirrorImage<'_>> {
         let slot = self.slots.get(self.slot_index(seq)?)?;
-        if slot.state != SlotState::Durable {
+        if !matches!(slot.state, SlotState::Durable | SlotState::Written) {
             return None;
         }
         let align = self.geometry.record_align_bytes as usize;
@@ -277,6 +277,7 @@ impl<R: PersistentRegion> Ring<R> {
         self.tail_pos += total;
         self.next_seq += 1;
         self.durable_seq = seq;
+        self.written_seq = seq;
         self.check_invariants();
         Ok(Accepted::Record { durable_through: seq })
     }

@@ -4,9 +4,8 @@
 //! the first store AND, while the pair mirrors, in the partner's second store
 //! (claims 5, 13, 19, 27, 30). Neither does I/O; the transport and the link
 //! feed them completions in any order and act on what they return.
-//!
-//! Not yet wired into the transport: today `transport/tcp.rs` still acks on
-//! the local persist alone (there is no partner yet).
+//! The token travels with every command that waits in the write path
+//! (`ha::node`): the transport completes it when the command comes back ready.
 
 use std::ops::RangeInclusive;
 

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::ack::Token;
 use super::{DrainProgress, FlusherEvent, RecordKind, Reservation, ReserveError, StagingError, StagingLog};
 use crate::backend::{Backend, BackendCompletion};
 use tandem_env::persist::PersistentRegion;
@@ -61,13 +62,15 @@ impl<R: PersistentRegion> Mirror<R> for NoMirror {
     }
 }
 
-/// A command that became ready.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A command that became ready. It carries the command's must-complete
+/// token: the transport completes it (`Token::complete` gives the tag back)
+/// whatever it then does; dropping it panics in tests.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Ready {
     /// A staged write (or Write Zeroes / Deallocate) may complete (sequence `seq`).
-    Durable { tag: u64, seq: u64 },
+    Durable { token: Token, seq: u64 },
     /// The medium holds everything the command waited for.
-    Released { tag: u64 },
+    Released { token: Token },
 }
 
 /// What a staged namespace's log holds, published by its reactor on every
@@ -136,9 +139,9 @@ pub struct NsNode<R: PersistentRegion, M: Mirror<R>> {
     nsid: u32,
     block_bytes: u32,
     /// Staged records in sequence order, ready when acknowledged.
-    awaiting_durable: VecDeque<(u64, u64)>,
+    awaiting_durable: VecDeque<(u64, Token)>,
     /// Commands waiting for `released_seq >= seq`, in sequence order.
-    awaiting_release: VecDeque<(u64, u64)>,
+    awaiting_release: VecDeque<(u64, Token)>,
     /// Commands waiting for ring space (writes not yet started).
     awaiting_space: VecDeque<u64>,
     /// Published for the control socket.
@@ -299,36 +302,42 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
 
     fn await_durable(&mut self, seq: u64, tag: u64) {
         debug_assert!(self.awaiting_durable.back().is_none_or(|(s, _)| *s < seq));
-        self.awaiting_durable.push_back((seq, tag));
+        self.awaiting_durable.push_back((seq, Token::new(tag)));
     }
 
     fn await_release(&mut self, seq: u64, tag: u64) {
+        let token = Token::new(tag);
         if self.awaiting_release.back().is_some_and(|(s, _)| *s > seq) {
             // Keep the queue sorted (a FUA write can register after a later Flush).
             let at = self.awaiting_release.partition_point(|(s, _)| *s <= seq);
-            self.awaiting_release.insert(at, (seq, tag));
+            self.awaiting_release.insert(at, (seq, token));
         } else {
-            self.awaiting_release.push_back((seq, tag));
+            self.awaiting_release.push_back((seq, token));
         }
+    }
+
+    /// Shutdown: every command still waiting here is given up (their
+    /// connections are closed); returns how many.
+    pub fn abandon_waiters(&mut self) -> usize {
+        let count = self.awaiting_durable.len() + self.awaiting_release.len();
+        for (_, token) in self.awaiting_durable.drain(..).chain(self.awaiting_release.drain(..)) {
+            let _ = token.complete();
+        }
+        self.awaiting_space.clear();
+        count
     }
 
     /// Moves every waiter whose condition holds into `out`.
     pub fn collect_ready(&mut self, out: &mut Vec<Ready>) {
         let acked = self.mirror.ack_through(&self.log);
-        while let Some(&(seq, tag)) = self.awaiting_durable.front() {
-            if seq > acked {
-                break;
-            }
-            self.awaiting_durable.pop_front();
-            out.push(Ready::Durable { tag, seq });
+        while self.awaiting_durable.front().is_some_and(|(seq, _)| *seq <= acked) {
+            let Some((seq, token)) = self.awaiting_durable.pop_front() else { break };
+            out.push(Ready::Durable { token, seq });
         }
         let released = self.log.released_seq();
-        while let Some(&(seq, tag)) = self.awaiting_release.front() {
-            if seq > released {
-                break;
-            }
-            self.awaiting_release.pop_front();
-            out.push(Ready::Released { tag });
+        while self.awaiting_release.front().is_some_and(|(seq, _)| *seq <= released) {
+            let Some((_, token)) = self.awaiting_release.pop_front() else { break };
+            out.push(Ready::Released { token });
         }
     }
 

@@ -1229,3 +1229,72 @@ fn deferred_persist_writes_headers_at_commit_and_makes_records_durable_later() {
     pump_passes(&mut log, &mut backend, 5);
     assert_eq!(log.released_seq(), 1);
 }
+
+fn ns_node() -> super::node::NsNode<MemRegion, super::node::NoMirror> {
+    let log =
+        StagingLog::format(MemRegion::new(256 * 1024), &ring_config(), flusher_config()).expect("format");
+    super::node::NsNode::new(log, super::node::NoMirror, true, 1, BLOCK)
+}
+
+/// The write path hands every waiting command back exactly once, with its
+/// must-complete token: a write when durable, a Flush on a volatile domain
+/// when the medium has everything before it.
+#[test]
+fn the_write_path_hands_each_command_back_once_with_its_token() {
+    use super::node::Ready;
+    let mut node = ns_node();
+    let slot = node.begin_write(8 * BLOCK as usize, 0x11).expect("room");
+    node.write_buffer(&slot).fill(3);
+    assert!(node.flush(0x10), "a Flush with nothing completed staged is done at once");
+    let mut ready = Vec::new();
+    node.collect_ready(&mut ready);
+    assert!(ready.is_empty(), "nothing is ready before the commit");
+    node.commit_write(slot, 0, 8);
+    assert!(!node.flush(0x12), "a Flush with a write staged on a volatile domain waits");
+    node.collect_ready(&mut ready);
+    let tags: Vec<u64> = ready
+        .drain(..)
+        .map(|r| match r {
+            Ready::Durable { token, seq } => {
+                assert_eq!(seq, 1);
+                token.complete()
+            }
+            Ready::Released { token } => panic!("released early: {:#x}", token.complete()),
+        })
+        .collect();
+    assert_eq!(tags, vec![0x11]);
+    let mut backend = FaultBackend::new(RamBackend::new(BLOCK, 64).expect("ram"));
+    let (mut scratch, mut out) = (Vec::new(), Vec::new());
+    for now in 0..10 {
+        scratch.clear();
+        backend.poll_completions(&mut scratch);
+        node.poll(&mut backend, now, &mut scratch, &mut out, &mut |_, _| {});
+    }
+    node.collect_ready(&mut ready);
+    assert!(matches!(ready.as_slice(), [Ready::Released { .. }]), "{ready:?}");
+    for r in ready.drain(..) {
+        if let Ready::Released { token } = r {
+            assert_eq!(token.complete(), 0x12);
+        }
+    }
+    node.collect_ready(&mut ready);
+    assert!(ready.is_empty(), "each command comes back once");
+}
+
+#[test]
+#[should_panic(expected = "dropped without a completion")]
+fn a_write_path_dropped_with_a_waiting_command_panics_in_tests() {
+    let mut node = ns_node();
+    let slot = node.begin_write(BLOCK as usize, 0x21).expect("room");
+    node.commit_write(slot, 0, 1);
+    drop(node);
+}
+
+#[test]
+fn abandoning_the_waiters_at_shutdown_completes_them() {
+    let mut node = ns_node();
+    let slot = node.begin_write(BLOCK as usize, 0x31).expect("room");
+    node.commit_write(slot, 0, 1);
+    assert_eq!(node.abandon_waiters(), 1);
+    drop(node);
+}

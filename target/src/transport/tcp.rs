@@ -557,6 +557,12 @@ impl PollGroup {
                 self.close_connection(slot, Close::Gone("target shutting down".into()));
             }
         }
+        // Their commands are gone with the connections.
+        for m in self.media.iter_mut().flatten() {
+            if let Some(st) = m.staged.as_mut() {
+                st.abandon_waiters();
+            }
+        }
     }
 
     fn poll_backends(&mut self) -> bool {
@@ -587,7 +593,9 @@ impl PollGroup {
         let mut busy = !ready.is_empty();
         for r in ready.drain(..) {
             match r {
-                Ready::Durable { tag, seq } => {
+                Ready::Durable { token, seq } => {
+                    // Completed here whatever follows: the tag says which command.
+                    let tag = token.complete();
                     // The slot may hold a newer command by now: match the record too.
                     let Some(req) = self.request_mut(tag, ReqState::WaitingDurable) else { continue };
                     if req.staged_seq != Some(seq) {
@@ -606,7 +614,8 @@ impl PollGroup {
                         self.complete_tag(tag, ReqState::WaitingDurable, NvmeStatus::SUCCESS);
                     }
                 }
-                Ready::Released { tag } => {
+                Ready::Released { token } => {
+                    let tag = token.complete();
                     self.complete_tag(tag, ReqState::WaitingRelease, NvmeStatus::SUCCESS);
                 }
             }

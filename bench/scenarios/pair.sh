@@ -52,13 +52,15 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-wait_port() {
+wait_port() { # port work_dir
     local port=$1
     for _ in $(seq 1 600); do
         python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port)))" && return 0
         sleep 0.1
     done
-    echo "nothing listens on $port" >&2; return 1
+    echo "nothing listens on $port; the nodes' logs:" >&2
+    tail -n 20 "$2"/*.log >&2 || true
+    return 1
 }
 
 # The example pair's configs with fresh ports, its own work dir and shm dirs.
@@ -114,14 +116,14 @@ for rep in $(seq 1 "$REPS"); do
     mkdir -p "$work/tandem-pair/shared"
     write_pair "$work"
     log "rep $rep: single node"
-    serve "$work" single.toml; wait_port "$HOST_A"
+    serve "$work" single.toml; wait_port "$HOST_A" "$work"
     perf "$HOST_A" 1 "$OUT/single-qd1-$rep.json"
     perf "$HOST_A" 32 "$OUT/single-qd32-$rep.json"
     stop_all
     rm -rf "$work/tandem-pair/shared"/* /dev/shm/tandem-pairbench-$$-*
     log "rep $rep: pair"
     serve "$work" a.toml; serve "$work" b.toml
-    wait_port "$HOST_A"; wait_port "$HOST_B"; wait_in_sync "$work"
+    wait_port "$HOST_A" "$work"; wait_port "$HOST_B" "$work"; wait_in_sync "$work"
     perf "$HOST_A" 1 "$OUT/pair-qd1-$rep.json"
     echo "$(status_rtt "$work" a)" > "$OUT/heartbeat-rtt-$rep.txt"
     perf "$HOST_A" 32 "$OUT/pair-qd32-$rep.json"

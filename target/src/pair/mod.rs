@@ -86,6 +86,8 @@ pub struct BlockingLink {
     pub stream: TcpStream,
     pub decoder: FrameDecoder<Box<[u8]>>,
     out: Vec<u8>,
+    /// The socket is in nonblocking mode (while `fill_adaptive` spins).
+    nonblocking: bool,
 }
 
 impl BlockingLink {
@@ -102,11 +104,48 @@ impl BlockingLink {
         let buf = vec![0u8; 2 * (payload_bytes_max + 64)].into_boxed_slice();
         let decoder = FrameDecoder::new(buf, payload_bytes_max)
             .map_err(|e| LinkError::Protocol(format!("decoder: {e}")))?;
-        Ok(BlockingLink { stream, decoder, out: Vec::with_capacity(4096) })
+        Ok(BlockingLink { stream, decoder, out: Vec::with_capacity(4096), nonblocking: false })
+    }
+
+    fn set_blocking(&mut self, blocking: bool) -> Result<(), LinkError> {
+        if self.nonblocking == blocking {
+            self.stream.set_nonblocking(!blocking)?;
+            self.nonblocking = !blocking;
+        }
+        Ok(())
+    }
+
+    /// Reads once. Within `spin` of `last_activity` it polls the socket
+    /// without blocking (adaptive: a busy link answers without a thread
+    /// wake-up), then it blocks up to the read timeout as `fill` does.
+    pub fn fill_adaptive(&mut self, spin: Duration, last_activity: Instant) -> Result<bool, LinkError> {
+        if last_activity.elapsed() < spin {
+            self.set_blocking(false)?;
+            loop {
+                let spare = self.decoder.spare_mut();
+                match self.stream.read(spare) {
+                    Ok(0) => return Err(LinkError::Closed),
+                    Ok(n) => {
+                        self.decoder.commit(n);
+                        return Ok(true);
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                        if last_activity.elapsed() >= spin {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.set_blocking(true)?;
+        self.fill()
     }
 
     /// Sends one frame.
     pub fn send(&mut self, frame: &Frame<'_>) -> Result<(), LinkError> {
+        self.set_blocking(true)?;
         self.out.resize(frame.encoded_bytes(), 0);
         encode(frame, &mut self.out).map_err(|e| LinkError::Protocol(format!("encode: {e}")))?;
         self.stream.write_all(&self.out)?;

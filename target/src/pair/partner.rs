@@ -24,6 +24,9 @@ use crate::ha::mirror::{
 
 /// How often a connection thread wakes between frames (heartbeats, timeouts).
 const POLL: Duration = Duration::from_millis(20);
+/// After a frame, a connection thread polls its socket this long before it
+/// blocks again: a busy link is answered without a thread wake-up.
+const SPIN: Duration = Duration::from_micros(300);
 
 /// What one second store holds, published for `tandem rpc status`.
 #[derive(Debug, Default)]
@@ -298,7 +301,7 @@ fn stream_frames(
             })?;
             last_tx = now;
         }
-        if link.fill()? {
+        if link.fill_adaptive(SPIN, last_rx)? {
             last_rx = Instant::now();
         } else if Instant::now().duration_since(last_rx) > timeout {
             return Err(LinkError::Silent(timeout.as_millis() as u64));

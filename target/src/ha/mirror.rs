@@ -24,7 +24,9 @@
 //! ANOTHER ring instance that are not yet on the medium: they may be the
 //! only other copy of acknowledged writes (a takeover drains them first).
 //!
-//! Not yet here: failed-sequence handling, heartbeats, and the socket itself.
+//! The partner also writes an owner's failed records to the medium
+//! ([`MirrorReceiver::write_failed`]); the owner's policy around the sender
+//! is `ha::owner`, the sockets and heartbeats are `pair`.
 
 use std::ops::RangeInclusive;
 

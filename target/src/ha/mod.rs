@@ -1,21 +1,27 @@
-//! High availability. This part is the first store: the persistent staging
-//! log of one node and its flusher. A host write is staged in the ring (and,
-//! in a later layer, mirrored to the partner) before it is acknowledged; the
-//! flusher writes it to the medium in order and releases it.
+//! High availability, sans-I/O: the write path of a node and of a pair. No
+//! sockets, threads or clocks live here; `pair` (the interconnect over TCP)
+//! and `transport` (NVMe/TCP) drive these cores, and `ha::sim` drives the
+//! same cores over a simulated clock, link and media.
 //!
-//! [`StagingLog`] is the facade the transport and the controllers call. There
-//! is one per staging ring, and one ring per medium (backend): the flusher
-//! writes every record of the ring to that one backend, so a node serving
-//! several media keeps one ring region per medium. The log owns the ring, the
-//! read-your-writes index and the flusher; the backend is passed in on each
-//! call because the read path shares it.
+//! - [`node::NsNode`]: one staged namespace's write path as the transport
+//!   sees it (writes through an opaque slot, Write Zeroes / Deallocate
+//!   records, Flush, the read overlay, waiters with must-complete tokens),
+//!   generic over its region and its [`node::Mirror`].
+//! - [`StagingLog`]: the first store — the ring, the read-your-writes index
+//!   and the flusher. One per staging ring, one ring per medium (backend):
+//!   the flusher writes every record of the ring to that one backend; the
+//!   backend is passed in on each call because the read path shares it.
+//! - [`owner::OwnerMirror`] and [`mirror`]: the owner's side of the mirror
+//!   (sender, ack gate, partner-away policy, resync, failed writes) and the
+//!   partner's (`MirrorReceiver`, the second store); [`link`]: the frames and
+//!   the handshake; [`layout`]: the one on-media format of both stores.
 //!
-//! Order of a write: `reserve` -> the transport receives into `data_mut` ->
-//! `commit` -> once the commit outcome says the sequence is durable the
-//! command may complete (after the mirror too, when there is one). The
-//! reactor calls `poll_flusher` and routes backend completions whose tag has
-//! [`FLUSHER_TAG_BIT`] to `on_backend_completion`; the log releases records as
-//! the medium makes them durable.
+//! Order of a write: reserve -> the transport receives into the record ->
+//! commit (header written; persisted at once, or, for a mirrored ring, in
+//! the same reactor pass after the record went to the partner) -> the
+//! command completes once the record is durable here and in the partner's
+//! second store -> the flusher writes it to the medium in order, makes it
+//! durable and releases it (while mirrored, only once the partner holds it).
 //!
 //! Invariants: every record <= `released_seq` is durable on the medium; every
 //! durable record > `released_seq` is in the index (unless cancelled or

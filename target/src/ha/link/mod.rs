@@ -14,9 +14,11 @@
 //! store and answers `FailedDone` of the same batch. Both sides send
 //! `Heartbeat` on a timer and echo the last one received; `Goodbye` closes.
 //!
-//! Right after authenticating, the partner sends `StoreState` (what its
-//! second store for this owner holds); the owner streams on from there or
-//! sends `StoreFormat` first (see `ha::mirror`, which implements both ends).
+//! Right after authenticating, the owner (the dialling side) sends `Attach`
+//! naming the ring the connection mirrors, and the partner answers
+//! `StoreState` (what its second store for that ring holds); the owner
+//! streams on from there or sends `StoreFormat` first (see `ha::mirror`,
+//! which implements both ends; `pair` runs them over TCP).
 //!
 //! Connecting (both sides):
 //! 1. TCP connect/accept; `Handshake::new(config, auth::fresh_nonce()?)`
@@ -31,14 +33,13 @@
 //!    `Goodbye` if `AuthError::goodbye_reason` gives one, close, and dial
 //!    again after a delay. A stranger is refused here and nothing changes.
 //!
-//! Sending (owner, per record, no allocation): `frame::encode_record_prefix`
-//! into a preallocated 44-byte slot ([`frame::RECORD_PREFIX_BYTES`]), then
-//! `writev([prefix, record bytes from the ring])`. Batch: keep a
-//! preallocated array of prefix slots and a Vec<IoSlice> of capacity 2 x
-//! records-in-flight, fill them for every ready record and issue one
-//! `writev`; small frames (`RecordAck`, `Released`, `Heartbeat`) are
-//! `frame::encode`d back to back into one preallocated buffer. Many records
-//! may be in flight: nothing waits for an ack before sending the next.
+//! Sending (owner, no allocation per record): `MirrorSender::fill` encodes
+//! `Released`, `FailedSeqs` and `Record` frames back to back into one
+//! preallocated send buffer (4 MiB per link, `pair::owner`), copying each
+//! record from the ring; many records are in flight, nothing waits for an
+//! ack before sending the next. `frame::encode_record_prefix` exists so that
+//! a `writev([prefix, record bytes from the ring])` can save that copy
+//! (issue 11).
 //!
 //! Receiving (no allocation): one `FrameDecoder` per connection over a
 //! buffer allocated once, at least `FRAME_HEADER_BYTES + RECORD_FIXED_BYTES +`

@@ -187,6 +187,19 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
     pub fn log_and_mirror(&mut self) -> (&mut StagingLog<R>, &mut M) {
         (&mut self.log, &mut self.mirror)
     }
+    /// The log, for the simulation's checkers (read only).
+    #[cfg(test)]
+    pub(crate) fn log(&self) -> &StagingLog<R> {
+        &self.log
+    }
+
+    /// The log back, for the simulation's crash (waiters must be gone).
+    #[cfg(test)]
+    pub(crate) fn into_log(self) -> StagingLog<R> {
+        assert!(self.awaiting_durable.is_empty() && self.awaiting_release.is_empty(), "waiters left");
+        self.log
+    }
+
     /// Every record up to this is on the medium.
     pub fn released_seq(&self) -> u64 {
         self.log.released_seq()

@@ -1,10 +1,12 @@
 //! A seeded simulation of a whole pair (issue 8, "Tests"), in the style of
 //! TigerBeetle's simulator: two nodes, each owning one namespace (ring) and
-//! keeping the second store of the other's, run the production cores —
-//! `StagingLog` (ring, flusher, index), `OwnerMirror` (sender, ack gate,
-//! partner-away policy, failed writes, medium limit) and `MirrorReceiver`
-//! (second store, failed-record writes) — over a simulated clock, link and
-//! media. One seed drives everything; the fault probabilities live in one
+//! keeping the second store of the other's, run the production cores — the
+//! write path the transport drives (`NsNode`: writes through a slot, Write
+//! Zeroes / Deallocate records, waiters handed back with must-complete
+//! tokens, the deferred persist), over `StagingLog` (ring, flusher, index),
+//! `OwnerMirror` (sender, ack gate, partner-away policy, failed writes,
+//! medium limit) and `MirrorReceiver` (second store, failed-record writes) —
+//! over a simulated clock, link and media. One seed drives everything; the fault probabilities live in one
 //! options struct.
 //!
 //! Faults: partial delivery (delay), disconnects (what was in flight is
@@ -45,6 +47,7 @@ use std::sync::{Arc, Mutex};
 use super::layout::{test_medium, RecordKind, CONTROL_OFFSET};
 use super::link::frame::{encode, Frame, FrameDecoder, RECORD_FIXED_BYTES};
 use super::mirror::{FailedWriter, MediumWrite, MirrorReceiver, Reply};
+use super::node::{Mirror, NsNode, Ready};
 use super::owner::{MirrorState, OwnerMirror, OwnerMirrorConfig};
 use super::{open_second_store, Binding, DrainWait, FlusherConfig, RingConfig, StagingLog};
 use crate::backend::{Backend, BackendCompletion, BackendError, BackendOp, EIO};
@@ -256,14 +259,68 @@ impl Conn {
     }
 }
 
+/// The mirror as the write path sees it: the production `OwnerMirror`,
+/// whose frames the simulation carries over its wire.
+struct SimMirror {
+    owner: OwnerMirror,
+    up: bool,
+    /// Encoded frames for the partner, taken by the wire.
+    out: Vec<u8>,
+}
+
+impl SimMirror {
+    fn send(&mut self, log: &mut StagingLog<MemRegion>) -> Result<(), String> {
+        if !self.up {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; 96 * 1024];
+        let n = self.owner.fill(log, &mut buf).map_err(|e| e.to_string())?;
+        self.out.extend_from_slice(&buf[..n]);
+        Ok(())
+    }
+}
+
+impl Mirror<MemRegion> for SimMirror {
+    fn ack_through(&mut self, log: &StagingLog<MemRegion>) -> u64 {
+        self.owner.ack_through(log)
+    }
+    fn poll(&mut self, log: &mut StagingLog<MemRegion>) -> bool {
+        let before = self.out.len();
+        if let Err(e) = self.send(log) {
+            panic!("fill: {e}");
+        }
+        self.out.len() > before
+    }
+    fn on_flusher_event(&mut self, event: &super::FlusherEvent) {
+        self.owner.on_flusher_event(event);
+    }
+    fn refuses_writes(&self) -> bool {
+        self.owner.medium_stopped()
+    }
+    fn defers_persist(&self) -> bool {
+        true
+    }
+}
+
+type SimNode = NsNode<MemRegion, SimMirror>;
+
 /// A node's live process state; None while it is down.
 struct Process {
-    log: StagingLog<MemRegion>,
-    owner: OwnerMirror,
+    /// The write path, as the transport drives it in production.
+    node: SimNode,
     /// The second store of the other node's ring.
     receiver: MirrorReceiver<MemRegion>,
     backend: SimBackend,
     acked: u64,
+}
+
+impl Process {
+    fn log(&self) -> &StagingLog<MemRegion> {
+        self.node.log()
+    }
+    fn owner(&self) -> &OwnerMirror {
+        &self.node.mirror().owner
+    }
 }
 
 struct Node {
@@ -409,12 +466,12 @@ impl Sim {
     fn settled(&self) -> bool {
         self.nodes.iter().all(|n| {
             n.process.as_ref().is_some_and(|p| {
-                p.acked == p.log.durable_seq()
-                    && p.log.released_seq() == p.log.durable_seq()
-                    && p.owner.state() == MirrorState::InSync
+                p.acked == p.log().durable_seq()
+                    && p.log().released_seq() == p.log().durable_seq()
+                    && p.owner().state() == MirrorState::InSync
             })
         }) && (0..2).all(|i| {
-            let released = self.nodes[i].process.as_ref().map_or(0, |p| p.log.released_seq());
+            let released = self.nodes[i].process.as_ref().map_or(0, |p| p.log().released_seq());
             self.nodes[1 - i]
                 .process
                 .as_ref()
@@ -446,8 +503,9 @@ impl Sim {
                 let seed = self.seed;
                 let node = &mut self.nodes[i];
                 if let Some(p) = node.process.as_mut() {
-                    p.log.persist();
-                    let durable = p.log.durable_seq();
+                    // As the reactor does at the end of a pass: send, then persist.
+                    p.node.poll_mirror();
+                    let durable = p.log().durable_seq();
                     node.settle(durable, seed);
                 }
             }
@@ -502,23 +560,30 @@ impl Sim {
         };
         let node = &mut self.nodes[i];
         let Some(p) = node.process.as_mut() else { return };
-        if p.owner.medium_stopped() {
+        if p.node.refuses_writes() {
             return; // The group takes no writes here (ANA inaccessible).
         }
-        let seq = p.log.ring().next_seq();
-        let result = match kind {
-            RecordKind::Data => {
-                let data: Vec<u8> =
-                    (0..u64::from(nlb)).flat_map(|b| block_data(seed, seq, slba + b)).collect();
-                p.log.stage(1, slba, nlb, &data)
-            }
-            op => p.log.stage_op(op, 1, slba, nlb),
+        // The command's tag is the sequence its record gets.
+        let seq = p.log().ring().next_seq();
+        let staged = match kind {
+            RecordKind::Data => match p.node.begin_write(nlb as usize * BLOCK, seq) {
+                Ok(slot) => {
+                    let data: Vec<u8> =
+                        (0..u64::from(nlb)).flat_map(|b| block_data(seed, seq, slba + b)).collect();
+                    p.node.write_buffer(&slot).copy_from_slice(&data);
+                    p.node.commit_write(slot, slba, nlb);
+                    true
+                }
+                Err(_) => false,
+            },
+            RecordKind::Zeroes => p.node.stage_zeroes(seq, slba, nlb).is_ok(),
+            RecordKind::Deallocate => p.node.stage_deallocate(seq, &[(slba, nlb)]).is_ok(),
         };
-        if result.is_err() {
+        if !staged {
             return; // Ring full: the host's command waits (it is not issued here).
         }
         // Reads show it once it is durable here (before, old or new data).
-        let durable = p.log.durable_seq();
+        let durable = p.log().durable_seq();
         node.pending.push_back((seq, slba, nlb, kind == RecordKind::Data));
         node.settle(durable, seed);
     }
@@ -537,8 +602,12 @@ impl Sim {
             _ => return,
         };
         let Some(p) = self.nodes[i].process.as_mut() else { return };
-        match p.owner.attached(&mut p.log, state.0, state.1, state.2, state.3) {
-            Ok(_) => self.conns[i].up = true,
+        let (log, mirror) = p.node.log_and_mirror();
+        match mirror.owner.attached(log, state.0, state.1, state.2, state.3) {
+            Ok(_) => {
+                mirror.up = true;
+                self.conns[i].up = true;
+            }
             Err(e) => self.fail(format!("node {i}: the partner's StoreState refused: {e}")),
         }
     }
@@ -546,7 +615,10 @@ impl Sim {
     fn disconnect(&mut self, i: usize) {
         self.conns[i].drop_connection();
         if let Some(p) = self.nodes[i].process.as_mut() {
-            p.owner.lost(self.now_ms);
+            let mirror = p.node.mirror_mut();
+            mirror.owner.lost(self.now_ms);
+            mirror.up = false;
+            mirror.out.clear();
         }
     }
 
@@ -555,11 +627,12 @@ impl Sim {
             return;
         }
         let Some(p) = self.nodes[i].process.as_mut() else { return };
-        let mut buf = vec![0u8; 96 * 1024];
-        match p.owner.fill(&mut p.log, &mut buf) {
-            Ok(n) => self.conns[i].to_partner.extend_from_slice(&buf[..n]),
-            Err(e) => self.fail(format!("node {i}: fill: {e}")),
+        let (log, mirror) = p.node.log_and_mirror();
+        if let Err(e) = mirror.send(log) {
+            self.fail(format!("node {i}: fill: {e}"));
         }
+        let out = std::mem::take(&mut mirror.out);
+        self.conns[i].to_partner.extend_from_slice(&out);
     }
 
     fn deliver_to_partner(&mut self, i: usize) {
@@ -636,7 +709,8 @@ impl Sim {
             loop {
                 match conn.at_owner.next_frame() {
                     Ok(Some(frame)) => {
-                        if p.owner.on_frame(&mut p.log, &frame).is_err() {
+                        let (log, mirror) = p.node.log_and_mirror();
+                        if mirror.owner.on_frame(log, &frame).is_err() {
                             error = true;
                             break;
                         }
@@ -656,16 +730,18 @@ impl Sim {
 
     fn flush(&mut self, i: usize) {
         let now = self.now_ms;
+        // As the reactor does at the start of a pass (persist, flusher, mirror),
+        // not every step: the local persist may lag.
+        if !self.rng.chance(OPTIONS.persist) {
+            return;
+        }
         let Some(p) = self.nodes[i].process.as_mut() else { return };
-        p.log.poll_flusher(&mut p.backend, now);
-        let mut done = Vec::new();
+        let (mut done, mut foreign) = (Vec::new(), Vec::new());
         p.backend.poll_completions(&mut done);
-        for c in done {
-            assert!(p.log.on_backend_completion(&p.backend, c, now).is_none());
-        }
-        while let Some(event) = p.log.take_event() {
-            p.owner.on_flusher_event(&event);
-        }
+        p.node.poll(&mut p.backend, now, &mut done, &mut foreign, &mut |_, _| {});
+        assert!(foreign.is_empty(), "only the flusher uses the backend here");
+        let durable = p.log().durable_seq();
+        self.nodes[i].settle(durable, self.seed);
     }
 
     /// Ticks node `i`'s mirror and takes its new acknowledgements, checking
@@ -673,21 +749,44 @@ impl Sim {
     fn tick(&mut self, i: usize) {
         let now = self.now_ms;
         let Some(p) = self.nodes[i].process.as_mut() else { return };
-        let degraded_before = p.owner.degraded_acks;
-        let _ = p.owner.tick(&mut p.log, now);
+        let degraded_before = p.owner().degraded_acks;
+        {
+            let (log, mirror) = p.node.log_and_mirror();
+            let _ = mirror.owner.tick(log, now);
+        }
         let before = p.acked;
-        let through = p.owner.ack_through(&p.log);
+        // The commands come back with their tokens, in sequence order.
+        let mut ready = Vec::new();
+        p.node.collect_ready(&mut ready);
+        let mut through = before;
+        for r in ready {
+            match r {
+                Ready::Durable { token, seq } => {
+                    let tag = token.complete();
+                    if tag != seq || seq <= through {
+                        self.fail(format!(
+                            "node {i}: command {tag} came back as record {seq} after {through}"
+                        ));
+                    }
+                    through = seq;
+                }
+                Ready::Released { token } => {
+                    let tag = token.complete();
+                    self.fail(format!("node {i}: command {tag} waited for the medium: no Flush here"));
+                }
+            }
+        }
         if through <= before {
             return;
         }
-        let degraded = p.owner.degraded_acks > degraded_before;
-        let (durable, released) = (p.log.durable_seq(), p.log.released_seq());
-        let gate = p.owner.sender().gate().clone();
+        let degraded = p.owner().degraded_acks > degraded_before;
+        let (durable, released) = (p.log().durable_seq(), p.log().released_seq());
+        let gate = p.owner().sender().gate().clone();
         let detail = format!(
             "state {:?}, gate {gate:?}, sender sent {} held {}, acked before {before}, released {released}",
-            p.owner.state(),
-            p.owner.sender().sent_through(),
-            p.owner.sender().held_through()
+            p.owner().state(),
+            p.owner().sender().sent_through(),
+            p.owner().sender().held_through()
         );
         p.acked = through;
         self.acks += through - before;
@@ -720,16 +819,21 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         let Some(mut p) = self.nodes[i].process.take() else { return };
         p.backend.crash();
+        // The process dies with its commands: the hosts see their connections end.
+        p.node.abandon_waiters();
         self.nodes[i].store_at_crash =
             p.receiver.store().map_or((0, 0), |s| (s.released_seq(), s.durable_seq()));
-        self.nodes[i].ring_region = Some(p.log.into_region());
+        self.nodes[i].ring_region = Some(p.node.into_log().into_region());
         self.nodes[i].store_region = Some(p.receiver.into_region());
         self.nodes[i].down_steps = 0;
         // Both connections of the node end.
         self.conns[i].drop_connection();
         self.conns[1 - i].drop_connection();
         if let Some(other) = self.nodes[1 - i].process.as_mut() {
-            other.owner.lost(self.now_ms);
+            let mirror = other.node.mirror_mut();
+            mirror.owner.lost(self.now_ms);
+            mirror.up = false;
+            mirror.out.clear();
         }
     }
 
@@ -756,7 +860,6 @@ impl Sim {
             StagingLog::recover(region, 0, &binding, flusher_config(), &mut backend, wait, &mut Vec::new());
         let (mut log, _) =
             recovered.unwrap_or_else(|e| panic!("seed {}: node {i}: recovery: {e}", self.seed));
-        log.set_deferred_persist(true);
         let store_region = node.store_region.take().expect("a second store region");
         let receiver = if store_region.bytes()[..CONTROL_OFFSET + 4096].iter().any(|&b| b != 0) {
             match open_second_store(store_region) {
@@ -770,13 +873,15 @@ impl Sim {
         let acked = log.released_seq();
         // Recovery replayed every record whose header was written.
         node.settle(u64::MAX, self.seed);
-        node.process = Some(Process { log, owner, receiver, backend, acked });
+        let node_path =
+            NsNode::new(log, SimMirror { owner, up: false, out: Vec::new() }, false, 1, BLOCK as u32);
+        node.process = Some(Process { node: node_path, receiver, backend, acked });
     }
 
     fn check(&mut self, step: u64) {
         for i in 0..2 {
             let Some(p) = self.nodes[i].process.as_ref() else { continue };
-            let ring = p.log.ring();
+            let ring = p.log().ring();
             if !(ring.released_seq() <= ring.durable_seq() && ring.durable_seq() < ring.next_seq()) {
                 self.fail(format!("step {step} node {i}: released <= durable < next broken"));
             }
@@ -793,7 +898,7 @@ impl Sim {
                         ring.written_seq()
                     ));
                 }
-                if p.owner.state() == MirrorState::InSync && self.conns[i].up {
+                if p.owner().state() == MirrorState::InSync && self.conns[i].up {
                     for seq in ring.released_seq() + 1..=p.acked {
                         if store.record(seq).is_none() {
                             self.fail(format!(
@@ -809,7 +914,7 @@ impl Sim {
                 let mut block = lock(&self.nodes[i].medium).bytes
                     [lba as usize * BLOCK..(lba as usize + 1) * BLOCK]
                     .to_vec();
-                p.log.read_overlay(1, lba, 1, BLOCK as u32, &mut block).expect("overlay");
+                p.node.read_overlay(lba, 1, &mut block).expect("overlay");
                 let want = self.nodes[i].model[lba as usize].clone().unwrap_or_else(|| vec![0u8; BLOCK]);
                 if block != want {
                     self.fail(format!(
@@ -817,15 +922,15 @@ impl Sim {
                     ));
                 }
             }
-            self.formats_seen = self.formats_seen.max(p.owner.formats);
-            self.partner_writes = self.partner_writes.max(p.owner.partner_writes);
+            self.formats_seen = self.formats_seen.max(p.owner().formats);
+            self.partner_writes = self.partner_writes.max(p.owner().partner_writes);
         }
     }
 
     fn final_check(&self) {
         for i in 0..2 {
             let p = self.nodes[i].process.as_ref().expect("up");
-            let owner_records: Vec<_> = p.log.ring().staged_records().collect();
+            let owner_records: Vec<_> = p.log().ring().staged_records().collect();
             let store =
                 self.nodes[1 - i].process.as_ref().and_then(|q| q.receiver.store()).expect("a second store");
             let mirrored: Vec<_> = store.staged_records().collect();
@@ -861,7 +966,6 @@ impl Node {
         let n = n + 1;
         let mut log = StagingLog::format(MemRegion::new(RING_BYTES), &ring_config(n), flusher_config())
             .expect("format");
-        log.set_deferred_persist(true);
         let owner = OwnerMirror::new(&mut log, owner_config(), 0);
         let backend = SimBackend {
             medium: self.medium.clone(),
@@ -870,7 +974,8 @@ impl Node {
             rng: Rng(SplitMix64::new(rng.0.next_u64())),
         };
         let receiver = MirrorReceiver::unformatted(self.store_region.take().expect("region"));
-        self.process = Some(Process { log, owner, receiver, backend, acked: 0 });
+        let node = NsNode::new(log, SimMirror { owner, up: false, out: Vec::new() }, false, 1, BLOCK as u32);
+        self.process = Some(Process { node, receiver, backend, acked: 0 });
         self
     }
 }

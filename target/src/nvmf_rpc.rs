@@ -191,7 +191,11 @@ pub fn get_controllers(target: &TargetState, params: &Map<String, Value>) -> Res
 /// anagrpid?}`: sets the state of one of the subsystem's groups (all of them
 /// without `anagrpid`) as seen through the port at `listen_address`. Hosts
 /// get an ANA change notice. Answers `true`, as SPDK does.
-pub fn listener_set_ana_state(target: &TargetState, params: &Map<String, Value>) -> Result<Value, RpcFault> {
+pub fn listener_set_ana_state(
+    target: &TargetState,
+    params: &Map<String, Value>,
+    allowed: &dyn Fn(u32, AnaState) -> Result<(), RpcFault>,
+) -> Result<Value, RpcFault> {
     rpc::check_params(params, &["nqn", "listen_address", "ana_state", "anagrpid", "tgt_name"])?;
     let s = find_subsystem(target, rpc::param_str(params, "nqn")?)?;
     if s.is_discovery {
@@ -235,6 +239,10 @@ pub fn listener_set_ana_state(target: &TargetState, params: &Map<String, Value>)
         }
         None => s.ana_groups.iter().map(|(g, _)| *g).collect(),
     };
+    // Every group is checked before any changes.
+    for &g in &groups {
+        allowed(g, state)?;
+    }
     for &g in &groups {
         if !target.set_ana_state(Some(port.id), g, state) {
             return Err(RpcFault::new(rpc::code::INTERNAL_ERROR, format!("ANA group {g}: state not set")));

@@ -305,7 +305,9 @@ impl RpcHandler for NodeRpc {
             "nvmf_get_subsystems" => nvmf_rpc::get_subsystems(&self.target, &self.config, params),
             "nvmf_subsystem_get_listeners" => nvmf_rpc::get_listeners(&self.target, params),
             "nvmf_subsystem_get_controllers" => nvmf_rpc::get_controllers(&self.target, params),
-            "nvmf_subsystem_listener_set_ana_state" => nvmf_rpc::listener_set_ana_state(&self.target, params),
+            "nvmf_subsystem_listener_set_ana_state" => {
+                nvmf_rpc::listener_set_ana_state(&self.target, params, &|g, s| self.check_partner_group(g, s))
+            }
             "tandem_get_version" => {
                 rpc::check_params(params, &[])?;
                 let v = env!("CARGO_PKG_VERSION");
@@ -325,6 +327,7 @@ impl RpcHandler for NodeRpc {
                 let group = u32::try_from(group)
                     .map_err(|_| RpcFault::invalid_params("params.group: out of range"))?;
                 let state = nvmf_rpc::parse_ana_state(rpc::param_str(params, "state")?, "state")?;
+                self.check_partner_group(group, state)?;
                 let port = match rpc::param_u64_opt(params, "port")? {
                     None => None,
                     Some(p) => Some(
@@ -436,6 +439,22 @@ impl RpcHandler for NodeRpc {
 }
 
 impl NodeRpc {
+    /// In a pair, a group the partner owns cannot be made accessible here:
+    /// this node would write the partner's namespace beside its owner.
+    fn check_partner_group(&self, group: u32, state: crate::ctrl::AnaState) -> Result<(), RpcFault> {
+        use crate::ctrl::AnaState;
+        let Some(pair) = &self.config.pair else { return Ok(()) };
+        let accessible = matches!(state, AnaState::Optimized | AnaState::NonOptimized);
+        if accessible && !pair.owns_group(group) {
+            return Err(RpcFault::invalid_params(format!(
+                "params.group: group {group} belongs to the partner ({}); this node does not serve it \
+                 (taking a group over is not built yet)",
+                pair.partner
+            )));
+        }
+        Ok(())
+    }
+
     /// Per group: who owns it, its ANA state through each local port, and the
     /// mirror (owned groups) or the second store (the partner's groups).
     fn pair_status(&self) -> Value {
@@ -952,7 +971,7 @@ pub fn run(config: Config, poll_override: Option<&str>, adopt_staging: bool) -> 
                     }
                     _ => None,
                 };
-                list.push(NsMedia { backend, staged });
+                list.push(NsMedia { backend, staged, partner_owned: !owned });
             }
             backends.push(list);
         }

@@ -188,7 +188,7 @@ fn namespace_media(ring: Option<&Path>, mdts_bytes: usize) -> NsMedia {
     };
     let log = StagingLog::format(region, &ring_config, flusher).expect("format the ring");
     let staged = Staged::new(log, None, !DomainKind::Shm.survives_power_loss(), 1, TEST_BLOCK_BYTES);
-    NsMedia { backend: Box::new(ram), staged: Some(staged) }
+    NsMedia { backend: Box::new(ram), staged: Some(staged), partner_owned: false }
 }
 
 fn run_reactor(listener: TcpListener, config: Config, report: Arc<ReactorReport>, ring: Option<PathBuf>) {

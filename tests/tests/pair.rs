@@ -39,6 +39,10 @@
 //!   and `--node b`, with only their four ports replaced by free ones, run
 //!   from one working directory: both nodes come up in sync, a write through
 //!   each owner is mirrored into the other (status) and reads back.
+//! - `a_node_does_not_serve_its_partners_group`: making the partner's group
+//!   optimized on a node is refused by both RPCs (naming the partner), and
+//!   I/O to the partner's namespace through the node's port is answered
+//!   with the ANA status, so two nodes never write one namespace.
 //! - `strangers_and_bad_frames_on_the_interconnect_are_refused`: garbage,
 //!   a handshake with the wrong key and, from a peer that knows the key, a
 //!   corrupted frame, all at a's interconnect port while a host writes
@@ -507,5 +511,38 @@ fn the_example_pair_runs_as_printed() {
     }
     for ring in rings {
         let _ = std::fs::remove_dir_all(ring);
+    }
+}
+
+#[test]
+fn a_node_does_not_serve_its_partners_group() {
+    let pair = Pair::start("pair-guard");
+    for (params, method) in [
+        (json!({ "group": 2, "state": "optimized" }), "tandem_set_ana_state"),
+        (
+            json!({
+                "nqn": pair_support::PAIR_SUBNQN,
+                "listen_address": { "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": pair.a.addr.port().to_string() },
+                "ana_state": "non_optimized",
+                "anagrpid": 2,
+            }),
+            "nvmf_subsystem_listener_set_ana_state",
+        ),
+    ] {
+        let err = tandem_target::rpc::call(&pair.a.rpc_socket, method, params)
+            .expect_err("making the partner's group accessible is refused");
+        let text = err.to_string();
+        assert!(text.contains("belongs to the partner (b)"), "{method}: {text}");
+    }
+    assert_eq!(pair.a.group(2)["ana"][0]["state"], "inaccessible", "nothing changed");
+    // Making it inaccessible (what it is) is fine.
+    pair.a.rpc("tandem_set_ana_state", json!({ "group": 2, "state": "inaccessible" }));
+    let (_c, mut q) = pair.a.connect(1, 8);
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    for result in [q[0].write(2, 0, &pattern(0, 1, 1)), q[0].read(2, 0, &mut buf)] {
+        match result {
+            Err(HostError::Status { status, .. }) => assert_eq!(status, NvmeStatus::ANA_INACCESSIBLE),
+            other => panic!("I/O to the partner's namespace through a: {other:?}"),
+        }
     }
 }

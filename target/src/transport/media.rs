@@ -20,11 +20,16 @@ pub type Staged = NsNode<MappedRegion, Option<MirrorLink>>;
 pub struct NsMedia {
     pub backend: Box<dyn Backend>,
     pub staged: Option<Staged>,
+    /// In a pair: the namespace of a group the partner owns. This node
+    /// neither writes nor reads it (its newest data may be staged on the
+    /// partner), whatever ANA state a port reports; taking a group over is
+    /// the failover's job.
+    pub partner_owned: bool,
 }
 
 impl NsMedia {
     pub fn direct(backend: Box<dyn Backend>) -> NsMedia {
-        NsMedia { backend, staged: None }
+        NsMedia { backend, staged: None, partner_owned: false }
     }
 
     /// Runs the flusher and the mirror and moves backend completions that

@@ -490,7 +490,7 @@ impl PollGroup {
     pub fn drain_staging(&mut self, limit: std::time::Duration) {
         let start = Instant::now();
         for m in self.media.iter_mut().flatten() {
-            let NsMedia { backend, staged } = m;
+            let NsMedia { backend, staged, .. } = m;
             let Some(st) = staged.as_mut() else { continue };
             let at_start = st.drain_size();
             let mut progress = (at_start.records_total > 0).then(|| {
@@ -1451,6 +1451,11 @@ impl PollGroup {
             fail_request(conn, idx, NvmeStatus::INVALID_NAMESPACE);
             return true;
         };
+        if m.partner_owned {
+            // The partner's group: only its owner reads or writes it.
+            fail_request(conn, idx, NvmeStatus::ANA_INACCESSIBLE);
+            return true;
+        }
         if let Some(st) = m.staged.as_mut() {
             match io.kind {
                 IoKind::Write => {

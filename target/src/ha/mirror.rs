@@ -44,6 +44,8 @@ pub struct MirrorSender {
     streaming: bool,
     /// A `StoreFormat` is to be sent before anything else.
     format_pending: bool,
+    /// A `Truncate` through this is to be sent first.
+    truncate_pending: Option<u64>,
     /// Every record through this was put into a frame on this connection.
     sent_through: u64,
     /// Every record through this is held by the partner (acknowledged, or
@@ -62,6 +64,10 @@ pub enum StoreDecision {
     Resume(RangeInclusive<u64>),
     /// The partner's store is not a copy (why): a `StoreFormat` goes first.
     Format(&'static str),
+    /// The partner's store is a copy plus records after this sequence that
+    /// this node lost (it never persisted them, so never acknowledged them):
+    /// a `Truncate` drops them and the stream goes on from there.
+    Truncate(u64),
 }
 
 impl MirrorSender {
@@ -72,6 +78,7 @@ impl MirrorSender {
             gate: AckGate::new(MirrorMode::Mirrored, released),
             streaming: false,
             format_pending: false,
+            truncate_pending: None,
             sent_through: released,
             held_through: released,
             released_sent: released,
@@ -92,8 +99,6 @@ impl MirrorSender {
             Some("the partner's store is of another ring instance, or it has none")
         } else if epoch != ring.epoch() {
             Some("the partner's store is of another epoch")
-        } else if held_through > ring.written_seq() {
-            Some("the partner holds records this node does not (never acknowledged)")
         } else if held_through < ring.released_seq() || released_seq > ring.released_seq() {
             Some("this node released records the partner does not hold")
         } else {
@@ -102,6 +107,16 @@ impl MirrorSender {
         if let Some(why) = why {
             self.format_pending = true;
             return Ok(StoreDecision::Format(why));
+        }
+        if held_through > ring.written_seq() {
+            // Records this node lost (never acknowledged): the partner drops them.
+            let through = ring.written_seq();
+            self.truncate_pending = Some(through);
+            self.sent_through = through;
+            self.held_through = through;
+            self.released_sent = released_seq;
+            self.gate.mirror_durable(through, through)?;
+            return Ok(StoreDecision::Truncate(through));
         }
         self.sent_through = held_through;
         self.held_through = held_through;
@@ -149,6 +164,14 @@ impl MirrorSender {
             self.sent_through = control.released_seq;
             self.held_through = control.released_seq;
             self.released_sent = control.released_seq;
+        }
+        if let Some(through) = self.truncate_pending {
+            let frame = Frame::Truncate { through_seq: through };
+            if frame.encoded_bytes() > out.len() - at {
+                return Ok(at);
+            }
+            at += encode(&frame, &mut out[at..])?;
+            self.truncate_pending = None;
         }
         if ring.released_seq() > self.sent_through {
             return Err(SendError::ReleasedUnsent {
@@ -218,6 +241,7 @@ impl MirrorSender {
     pub fn reconnected(&mut self) {
         self.streaming = false;
         self.format_pending = false;
+        self.truncate_pending = None;
     }
 }
 
@@ -377,6 +401,11 @@ impl<R: PersistentRegion> MirrorReceiver<R> {
             Frame::Released { released_seq } => {
                 let store = self.store.as_mut().ok_or(ReceiveError::NoStore(frame.kind()))?;
                 store.release_mirrored(*released_seq)?;
+                Ok(Reply::None)
+            }
+            Frame::Truncate { through_seq } => {
+                let store = self.store.as_mut().ok_or(ReceiveError::NoStore(frame.kind()))?;
+                store.truncate_mirrored(*through_seq)?;
                 Ok(Reply::None)
             }
             _ => Ok(Reply::None),
@@ -711,7 +740,7 @@ mod tests {
     fn resumed(decision: StoreDecision) -> RangeInclusive<u64> {
         match decision {
             StoreDecision::Resume(acked) => acked,
-            StoreDecision::Format(_) => 1..=0,
+            StoreDecision::Format(_) | StoreDecision::Truncate(_) => 1..=0,
         }
     }
 
@@ -845,8 +874,9 @@ mod tests {
     }
 
     #[test]
-    fn a_partner_ahead_of_the_owner_is_formatted_and_one_with_another_rings_records_refuses() {
-        // The partner holds record 4, which the owner lost in a crash (never acknowledged).
+    fn a_partner_ahead_of_the_owner_drops_what_the_owner_lost_and_one_with_another_rings_records_refuses() {
+        // The partner holds record 4, which the owner lost in a crash (never
+        // acknowledged): it drops 4 and keeps 1..=3, which need no resend.
         let mut ring = owner_ring();
         for i in 0..4 {
             let res = ring.reserve(4096).expect("space");
@@ -866,9 +896,19 @@ mod tests {
         }
         let mut sender = MirrorSender::new(&restarted);
         let decision = start(&mut sender, &restarted, &receiver);
-        assert!(matches!(decision, StoreDecision::Format(why) if why.contains("does not")), "{decision:?}");
-        assert_eq!(pump(&mut sender, &restarted, &mut receiver), Some(3));
-        assert_eq!(receiver.store().expect("store").durable_seq(), 3, "the unacknowledged record 4 is gone");
+        assert_eq!(decision, StoreDecision::Truncate(3));
+        assert_eq!(pump(&mut sender, &restarted, &mut receiver), None, "nothing is sent again");
+        let store = receiver.store().expect("store");
+        assert_eq!(store.durable_seq(), 3, "the unacknowledged record 4 is gone");
+        assert_eq!(store.staged_records().count(), 3, "1..=3 stay");
+        // The owner's new record 4 takes the dropped one's place.
+        let res = restarted.reserve(4096).expect("space");
+        restarted.data_mut(&res).fill(0x44);
+        restarted.commit(res, 1, 9, 1);
+        assert_eq!(pump(&mut sender, &restarted, &mut receiver), Some(4));
+        let (store, new4) = (receiver.store().expect("store"), restarted.record(4).expect("record 4"));
+        assert_eq!(store.record(4).map(|r| r.slba), Some(9));
+        assert_eq!(store.record_data(&store.record(4).expect("held")), restarted.record_data(&new4));
 
         // Another ring instance's records not yet on the medium are not formatted away.
         let config = RingConfig {
@@ -884,8 +924,8 @@ mod tests {
         let format = store_format_frame(&other);
         assert_eq!(
             receiver.on_frame(&format),
-            Err(ReceiveError::WouldDropCopies { records: 3, nonce: 0x77 })
+            Err(ReceiveError::WouldDropCopies { records: 4, nonce: 0x77 })
         );
-        assert_eq!(receiver.store().expect("store").durable_seq(), 3, "the store is left as it was");
+        assert_eq!(receiver.store().expect("store").durable_seq(), 4, "the store is left as it was");
     }
 }

@@ -89,6 +89,7 @@ pub enum GroupAccess {
 pub enum MirrorNote {
     Resumed { held_through: u64 },
     Formatting { why: &'static str },
+    Truncating { through: u64, held_through: u64 },
     PartnerBack,
     InSync { through: u64 },
     Away { policy: PartnerAway },
@@ -221,6 +222,9 @@ impl OwnerMirror {
             StoreDecision::Format(why) => {
                 self.formats += 1;
                 self.notes.push(MirrorNote::Formatting { why });
+            }
+            StoreDecision::Truncate(through) => {
+                self.notes.push(MirrorNote::Truncating { through: *through, held_through })
             }
         }
         if self.sender.gate().mode() == MirrorMode::Degraded {

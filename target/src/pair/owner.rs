@@ -246,6 +246,10 @@ impl MirrorLink {
                     "mirror: the partner's store is a copy; streaming on from what it holds"),
                 MirrorNote::Formatting { why } => info!(nsid, %partner, why,
                     "mirror: formatting the partner's store and sending every unreleased record again"),
+                MirrorNote::Truncating { through, held_through } => {
+                    warn!(nsid, %partner, through, held_through,
+                    "mirror: the partner holds records this node lost (never acknowledged); it drops them")
+                }
                 MirrorNote::PartnerBack => warn!(nsid, %partner, "mirror: the partner is back; resyncing"),
                 MirrorNote::InSync { through } => info!(nsid, through, "mirror: in sync with the partner"),
                 MirrorNote::Away { policy: PartnerAway::WriteBack } => error!(nsid, %partner,

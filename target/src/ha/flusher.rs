@@ -126,6 +126,26 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch of record `first` alone, holding `bytes` of its data.
+    fn of_record(id: u64, first: &RecordInfo, bytes: usize, state: BatchState, buf: Option<DmaBuf>) -> Batch {
+        Batch {
+            id,
+            first_seq: first.seq,
+            last_seq: first.seq,
+            nsid: first.nsid,
+            slba: first.slba,
+            nlb: first.nlb,
+            bytes,
+            kind: first.kind,
+            state,
+            buf,
+            attempts: 0,
+            retry_at_ms: 0,
+            fua: false,
+            fenced: false,
+        }
+    }
+
     fn overlaps(&self, info: &RecordInfo) -> bool {
         // One log writes to one medium, so LBAs collide across namespace ids.
         (self.state != BatchState::Durable || self.fenced)
@@ -339,22 +359,7 @@ impl Flusher {
             if first.cancelled {
                 self.next_batch_id += 1;
                 self.cursor_seq += 1;
-                self.batches.push_back(Batch {
-                    id,
-                    first_seq: first.seq,
-                    last_seq: first.seq,
-                    nsid: first.nsid,
-                    slba: 0,
-                    nlb: 0,
-                    bytes: 0,
-                    kind: RecordKind::Data,
-                    state: BatchState::Durable,
-                    buf: None,
-                    attempts: 0,
-                    retry_at_ms: 0,
-                    fua: false,
-                    fenced: false,
-                });
+                self.batches.push_back(Batch::of_record(id, &first, 0, BatchState::Durable, None));
                 continue;
             }
             if self.batches.iter().any(|b| b.overlaps(&first)) {
@@ -373,42 +378,12 @@ impl Flusher {
                 self.next_batch_id += 1;
                 self.cursor_seq += 1;
                 self.corrupt_reported = false;
-                self.batches.push_back(Batch {
-                    id,
-                    first_seq: first.seq,
-                    last_seq: first.seq,
-                    nsid: first.nsid,
-                    slba: first.slba,
-                    nlb: first.nlb,
-                    bytes: 0,
-                    kind: first.kind,
-                    state: BatchState::Queued,
-                    buf: None,
-                    attempts: 0,
-                    retry_at_ms: 0,
-                    fua: false,
-                    fenced: false,
-                });
+                self.batches.push_back(Batch::of_record(id, &first, 0, BatchState::Queued, None));
                 continue;
             }
             assert!(first.data_len <= self.pool.chunk_bytes(), "record larger than a flusher buffer");
             let Some(buf) = self.pool.get() else { break };
-            let mut batch = Batch {
-                id,
-                first_seq: first.seq,
-                last_seq: first.seq,
-                nsid: first.nsid,
-                slba: first.slba,
-                nlb: first.nlb,
-                bytes: first.data_len,
-                kind: RecordKind::Data,
-                state: BatchState::Queued,
-                buf: Some(buf),
-                attempts: 0,
-                retry_at_ms: 0,
-                fua: false,
-                fenced: false,
-            };
+            let mut batch = Batch::of_record(id, &first, first.data_len, BatchState::Queued, Some(buf));
             // Merge following records that continue the LBA range.
             while batch.last_seq < ring.durable_seq() {
                 let Some(next) = ring.record(batch.last_seq + 1) else { break };

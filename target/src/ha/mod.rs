@@ -268,6 +268,11 @@ impl<R: PersistentRegion> StagingLog<R> {
     /// the flusher released space.
     pub fn reserve(&mut self, data_len: usize) -> Result<Reservation, ReserveError> {
         let result = self.ring.reserve(data_len);
+        self.count_full(result)
+    }
+
+    /// Counts a reservation refused for lack of space (back-pressure).
+    fn count_full(&mut self, result: Result<Reservation, ReserveError>) -> Result<Reservation, ReserveError> {
         if matches!(result, Err(ReserveError::RingFull { .. })) {
             self.ring_full += 1;
         }
@@ -347,10 +352,7 @@ impl<R: PersistentRegion> StagingLog<R> {
     /// Reserves a record for [`StagingLog::commit_op`] (no data).
     pub fn reserve_op(&mut self) -> Result<Reservation, ReserveError> {
         let result = self.ring.reserve_op();
-        if matches!(result, Err(ReserveError::RingFull { .. })) {
-            self.ring_full += 1;
-        }
-        result
+        self.count_full(result)
     }
 
     /// Commits a record reserved by [`StagingLog::reserve_op`].

@@ -33,6 +33,8 @@ pub trait Mirror<R: PersistentRegion> {
     fn ack_through(&mut self, log: &StagingLog<R>) -> u64;
     /// Lets the mirror move (receive, send, time); returns whether anything did.
     fn poll(&mut self, log: &mut StagingLog<R>) -> bool;
+    /// Sends what is new only (the end of a pass: `poll` ran at its start).
+    fn send(&mut self, log: &mut StagingLog<R>) -> bool;
     /// A flusher event (a failed medium write may go to the partner).
     fn on_flusher_event(&mut self, event: &FlusherEvent);
     /// The group takes no writes here (the medium failed too long).
@@ -51,6 +53,9 @@ impl<R: PersistentRegion> Mirror<R> for NoMirror {
         log.durable_seq()
     }
     fn poll(&mut self, _log: &mut StagingLog<R>) -> bool {
+        false
+    }
+    fn send(&mut self, _log: &mut StagingLog<R>) -> bool {
         false
     }
     fn on_flusher_event(&mut self, _event: &FlusherEvent) {}
@@ -114,6 +119,10 @@ pub enum StageError {
     /// No room now: park the command; it is retried when the flusher frees space.
     #[error("the staging ring is full")]
     RingFull,
+    /// The group takes no writes here (its medium failed too long): the
+    /// command is answered with the ANA status, never acknowledged late.
+    #[error("the group takes no writes on this node")]
+    GroupStopped,
     #[error(transparent)]
     Refused(ReserveError),
 }
@@ -126,6 +135,9 @@ impl From<ReserveError> for StageError {
         }
     }
 }
+
+/// Ranges of one Dataset Management command at most (NR is 8 bits, 0's based).
+pub const DEALLOCATE_RANGES_MAX: usize = 256;
 
 /// Waiters kept per staged namespace at most; beyond, the transport's own
 /// request limits apply first (one entry per outstanding command).
@@ -221,6 +233,7 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
     /// A write of `data_len` bytes (command `tag`) gets its record; it is
     /// ready once committed and acknowledged.
     pub fn begin_write(&mut self, data_len: usize, tag: u64) -> Result<WriteSlot, StageError> {
+        self.check_taking_writes()?;
         let reservation = self.log.reserve(data_len)?;
         self.await_durable(reservation.seq(), tag);
         Ok(WriteSlot(reservation))
@@ -246,6 +259,7 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
     /// A Write Zeroes of `nlb` blocks from `slba` (command `tag`): a record
     /// of its own, ready when acknowledged. Returns its sequence.
     pub fn stage_zeroes(&mut self, tag: u64, slba: u64, nlb: u32) -> Result<u64, StageError> {
+        self.check_taking_writes()?;
         let outcome = self.log.stage_op(RecordKind::Zeroes, self.nsid, slba, nlb)?;
         self.await_durable(outcome.seq, tag);
         Ok(outcome.seq)
@@ -254,13 +268,22 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
     /// A Deallocate of `ranges` (slba, blocks; empty ones skipped), one
     /// record per range, all or none (a full ring stages none). Ready when
     /// the last is acknowledged; returns its sequence (None: nothing to do).
+    /// At most [`DEALLOCATE_RANGES_MAX`] ranges (a Dataset Management
+    /// command's limit); no allocation.
     pub fn stage_deallocate(&mut self, tag: u64, ranges: &[(u64, u32)]) -> Result<Option<u64>, StageError> {
-        let mut reserved = Vec::with_capacity(ranges.len());
-        for _ in ranges.iter().filter(|r| r.1 > 0) {
+        self.check_taking_writes()?;
+        if ranges.len() > DEALLOCATE_RANGES_MAX {
+            return Err(StageError::Refused(ReserveError::RecordTooLarge {
+                data_bytes: ranges.len(),
+                data_bytes_max: DEALLOCATE_RANGES_MAX,
+            }));
+        }
+        let mut reserved: [Option<Reservation>; DEALLOCATE_RANGES_MAX] = std::array::from_fn(|_| None);
+        for (i, _) in ranges.iter().enumerate().filter(|(_, r)| r.1 > 0) {
             match self.log.reserve_op() {
-                Ok(res) => reserved.push(res),
+                Ok(res) => reserved[i] = Some(res),
                 Err(e) => {
-                    for res in reserved {
+                    for res in reserved.iter_mut().filter_map(Option::take) {
                         let _ = self.log.cancel(res);
                     }
                     return Err(e.into());
@@ -268,8 +291,10 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
             }
         }
         let mut last = None;
-        for (res, &(slba, nlb)) in reserved.into_iter().zip(ranges.iter().filter(|r| r.1 > 0)) {
-            last = Some(self.log.commit_op(res, RecordKind::Deallocate, self.nsid, slba, nlb).seq);
+        for (res, &(slba, nlb)) in reserved.iter_mut().zip(ranges) {
+            if let Some(res) = res.take() {
+                last = Some(self.log.commit_op(res, RecordKind::Deallocate, self.nsid, slba, nlb).seq);
+            }
         }
         if let Some(seq) = last {
             self.await_durable(seq, tag);
@@ -354,10 +379,12 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
         }
     }
 
-    /// The group stopped taking writes (its medium failed too long): writes
-    /// waiting for ring space are answered with the ANA status.
-    pub fn refuses_writes(&self) -> bool {
-        self.mirror.refuses_writes()
+    fn check_taking_writes(&self) -> Result<(), StageError> {
+        if self.mirror.refuses_writes() {
+            Err(StageError::GroupStopped)
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether anything waits or is staged (the reactor must keep polling).
@@ -402,7 +429,7 @@ impl<R: PersistentRegion, M: Mirror<R>> NsNode<R, M> {
     /// Lets the mirror send what this pass committed, then persists it
     /// here: the partner's copy and the local persist are under way together.
     pub fn poll_mirror(&mut self) -> bool {
-        let sent = self.mirror.poll(&mut self.log);
+        let sent = self.mirror.send(&mut self.log);
         self.log.persist() > 0 || sent
     }
 

@@ -126,7 +126,7 @@ pub struct OwnerMirror {
     /// Since when the medium has had writes failing.
     medium_failing_since_ms: Option<u64>,
     medium_stopped: bool,
-    notes: Vec<MirrorNote>,
+    notes: std::collections::VecDeque<MirrorNote>,
     /// Writes acknowledged with one copy while the partner was away.
     pub degraded_acks: u64,
     /// Records the partner wrote to the medium for this node.
@@ -156,7 +156,7 @@ impl OwnerMirror {
             next_failed_batch: 1,
             medium_failing_since_ms: None,
             medium_stopped: false,
-            notes: Vec::with_capacity(8),
+            notes: std::collections::VecDeque::with_capacity(8),
             degraded_acks: 0,
             partner_writes: 0,
             formats: 0,
@@ -182,11 +182,7 @@ impl OwnerMirror {
 
     /// The next thing to log, oldest first.
     pub fn take_note(&mut self) -> Option<MirrorNote> {
-        if self.notes.is_empty() {
-            None
-        } else {
-            Some(self.notes.remove(0))
-        }
+        self.notes.pop_front()
     }
 
     /// Writes through this sequence may complete: both copies durable, or
@@ -218,13 +214,13 @@ impl OwnerMirror {
         let decision =
             self.sender.on_store_state(log.ring(), format_nonce, epoch, held_through, released_seq)?;
         match &decision {
-            StoreDecision::Resume(_) => self.notes.push(MirrorNote::Resumed { held_through }),
+            StoreDecision::Resume(_) => self.notes.push_back(MirrorNote::Resumed { held_through }),
             StoreDecision::Format(why) => {
                 self.formats += 1;
-                self.notes.push(MirrorNote::Formatting { why });
+                self.notes.push_back(MirrorNote::Formatting { why });
             }
             StoreDecision::Truncate(through) => {
-                self.notes.push(MirrorNote::Truncating { through: *through, held_through })
+                self.notes.push_back(MirrorNote::Truncating { through: *through, held_through })
             }
         }
         if self.sender.gate().mode() == MirrorMode::Degraded {
@@ -232,7 +228,7 @@ impl OwnerMirror {
             let _ = self.sender.set_mode(MirrorMode::Mirrored);
         }
         if self.away {
-            self.notes.push(MirrorNote::PartnerBack);
+            self.notes.push_back(MirrorNote::PartnerBack);
         }
         // The old connection's failed-record writes are over: its thread held
         // the partner's store until it ended, and this StoreState needed it.
@@ -294,9 +290,9 @@ impl OwnerMirror {
                 if status == 0 {
                     let marked = log.durable_elsewhere(first, last);
                     self.partner_writes += marked;
-                    self.notes.push(MirrorNote::PartnerWrote { first, last, marked });
+                    self.notes.push_back(MirrorNote::PartnerWrote { first, last, marked });
                 } else {
-                    self.notes.push(MirrorNote::PartnerCouldNotWrite { first, last, status });
+                    self.notes.push_back(MirrorNote::PartnerCouldNotWrite { first, last, status });
                 }
             }
             _ => {}
@@ -345,7 +341,7 @@ impl OwnerMirror {
         log.set_release_limit(self.release_limit());
         if let Some(target) = self.resync_target {
             if self.connected && self.sender.held_through() >= target {
-                self.notes.push(MirrorNote::InSync { through: target });
+                self.notes.push_back(MirrorNote::InSync { through: target });
                 self.resync_target = None;
             }
         }
@@ -373,7 +369,7 @@ impl OwnerMirror {
                 self.degraded_acks += acked.end() - acked.start() + 1;
             }
         }
-        self.notes.push(MirrorNote::Away { policy: self.config.policy });
+        self.notes.push_back(MirrorNote::Away { policy: self.config.policy });
     }
 
     fn check_medium<R: PersistentRegion>(&mut self, log: &StagingLog<R>, now_ms: u64) -> Option<GroupAccess> {
@@ -381,7 +377,7 @@ impl OwnerMirror {
             self.medium_failing_since_ms = None;
             if self.medium_stopped {
                 self.medium_stopped = false;
-                self.notes.push(MirrorNote::MediumResumed);
+                self.notes.push_back(MirrorNote::MediumResumed);
                 return Some(GroupAccess::Resume);
             }
             return None;
@@ -391,7 +387,7 @@ impl OwnerMirror {
             return None;
         }
         self.medium_stopped = true;
-        self.notes.push(MirrorNote::MediumStopped);
+        self.notes.push_back(MirrorNote::MediumStopped);
         Some(GroupAccess::Stop)
     }
 

@@ -136,6 +136,21 @@ impl Binding {
     }
 }
 
+impl ScanReport {
+    fn of(control: &ControlState, scan: &Scan, staged_bytes: u64, medium_rebound: bool) -> ScanReport {
+        ScanReport {
+            epoch: control.epoch,
+            released_seq: control.released_seq,
+            records_found: scan.records.len() as u64,
+            data_bytes_found: staged_bytes,
+            torn_tail: matches!(scan.stop, StopReason::BadCrc),
+            stale_tail: matches!(scan.stop, StopReason::StaleEpoch { .. }),
+            stop: scan.stop,
+            medium_rebound,
+        }
+    }
+}
+
 /// Opens a ring in `region` after a crash or restart, for the medium of
 /// `binding` (see the module docs: nothing is written before the ring is known
 /// to belong to that medium). If `epoch_at_least` is above the control
@@ -180,16 +195,7 @@ pub fn open_ring<R: PersistentRegion>(
         write_control(&mut region, offset, &control);
     }
 
-    let report = ScanReport {
-        epoch: control.epoch,
-        released_seq: control.released_seq,
-        records_found: scan.records.len() as u64,
-        data_bytes_found: staged_bytes,
-        torn_tail: matches!(scan.stop, StopReason::BadCrc),
-        stale_tail: matches!(scan.stop, StopReason::StaleEpoch { .. }),
-        stop: scan.stop,
-        medium_rebound: !bound_here,
-    };
+    let report = ScanReport::of(&control, &scan, staged_bytes, !bound_here);
     let ring = Ring::assemble(region, superblock, control, &scan.records, scan.tail_pos);
     Ok((ring, report))
 }
@@ -201,16 +207,7 @@ pub fn open_ring<R: PersistentRegion>(
 pub fn open_second_store<R: PersistentRegion>(region: R) -> Result<(Ring<R>, ScanReport), RecoveryError> {
     let Read { superblock, control, bump_epoch: _, scan, staged_records: _, staged_bytes } =
         read(region.bytes(), 0)?;
-    let report = ScanReport {
-        epoch: control.epoch,
-        released_seq: control.released_seq,
-        records_found: scan.records.len() as u64,
-        data_bytes_found: staged_bytes,
-        torn_tail: matches!(scan.stop, StopReason::BadCrc),
-        stale_tail: matches!(scan.stop, StopReason::StaleEpoch { .. }),
-        stop: scan.stop,
-        medium_rebound: false,
-    };
+    let report = ScanReport::of(&control, &scan, staged_bytes, false);
     let ring = Ring::assemble(region, superblock, control, &scan.records, scan.tail_pos);
     Ok((ring, report))
 }

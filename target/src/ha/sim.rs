@@ -291,6 +291,9 @@ impl Mirror<MemRegion> for SimMirror {
         }
         self.out.len() > before
     }
+    fn send(&mut self, log: &mut StagingLog<MemRegion>) -> bool {
+        self.poll(log)
+    }
     fn on_flusher_event(&mut self, event: &super::FlusherEvent) {
         self.owner.on_flusher_event(event);
     }
@@ -560,9 +563,6 @@ impl Sim {
         };
         let node = &mut self.nodes[i];
         let Some(p) = node.process.as_mut() else { return };
-        if p.node.refuses_writes() {
-            return; // The group takes no writes here (ANA inaccessible).
-        }
         // The command's tag is the sequence its record gets.
         let seq = p.log().ring().next_seq();
         let staged = match kind {

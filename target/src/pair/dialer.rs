@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{BlockingLink, LinkCounters, LinkError, CONTROL_ONLY_PAYLOAD_BYTES_MAX, HANDSHAKE_TIMEOUT};
+use super::{BlockingLink, LinkCounters, LinkError, HANDSHAKE_TIMEOUT};
 use crate::ha::link::auth::HandshakeConfig;
-use crate::ha::link::frame::{Frame, LinkRole};
+use crate::ha::link::frame::{Frame, LinkRole, CONTROL_PAYLOAD_BYTES_MAX};
 
 /// Pause between failed attempts.
 const RETRY: Duration = Duration::from_millis(200);
@@ -129,7 +129,7 @@ fn run(
 
 fn dial(partner_addr: SocketAddr, handshake: &HandshakeConfig, store_id: u64) -> Result<Attached, LinkError> {
     let stream = TcpStream::connect_timeout(&partner_addr, HANDSHAKE_TIMEOUT)?;
-    let mut link = BlockingLink::new(stream, CONTROL_ONLY_PAYLOAD_BYTES_MAX, Duration::from_millis(50))?;
+    let mut link = BlockingLink::new(stream, CONTROL_PAYLOAD_BYTES_MAX, Duration::from_millis(50))?;
     let mut hs = handshake.clone();
     hs.role = LinkRole::Initiator;
     let peer = link.handshake(hs)?;

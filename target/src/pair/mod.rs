@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::ha::link::auth::{fresh_nonce, AuthError, Handshake, HandshakeConfig, PeerIdentity, Step};
-use crate::ha::link::frame::{encode, Frame, FrameDecoder, FrameError, CONTROL_PAYLOAD_BYTES_MAX};
+use crate::ha::link::frame::{encode, Frame, FrameDecoder, FrameError};
 
 /// Names one of an owner's rings on the link: the same on both nodes (the
 /// subsystem NQN's CRC32C and the namespace id).
@@ -144,11 +144,24 @@ impl BlockingLink {
     }
 
     /// Sends one frame.
+    /// While the link polls (nonblocking), a frame goes out without a mode
+    /// switch unless the socket is full; then the rest is written blocking.
     pub fn send(&mut self, frame: &Frame<'_>) -> Result<(), LinkError> {
-        self.set_blocking(true)?;
         self.out.resize(frame.encoded_bytes(), 0);
         encode(frame, &mut self.out).map_err(|e| LinkError::Protocol(format!("encode: {e}")))?;
-        self.stream.write_all(&self.out)?;
+        let mut at = 0;
+        while self.nonblocking && at < self.out.len() {
+            match self.stream.write(&self.out[at..]) {
+                Ok(0) => return Err(LinkError::Closed),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.set_blocking(true)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if at < self.out.len() {
+            self.stream.write_all(&self.out[at..])?;
+        }
         Ok(())
     }
 
@@ -224,10 +237,6 @@ impl BlockingLink {
         }
     }
 }
-
-/// The decoder bound for a link that carries no records (the owner's side
-/// receives only control frames).
-pub const CONTROL_ONLY_PAYLOAD_BYTES_MAX: usize = CONTROL_PAYLOAD_BYTES_MAX;
 
 #[cfg(test)]
 mod tests;

@@ -22,10 +22,10 @@ use tandem_env::persist::PersistentRegion;
 use tracing::{error, info, warn};
 
 use super::dialer::{Attached, DialRequests};
-use super::{LinkCounters, CONTROL_ONLY_PAYLOAD_BYTES_MAX};
+use super::LinkCounters;
 use crate::config::PartnerAway;
 use crate::ctrl::{AnaState, TargetState};
-use crate::ha::link::frame::{encode, Frame, FrameDecoder};
+use crate::ha::link::frame::{encode, Frame, FrameDecoder, CONTROL_PAYLOAD_BYTES_MAX};
 pub use crate::ha::owner::MirrorState;
 use crate::ha::owner::{GroupAccess, MirrorNote, OwnerMirror, OwnerMirrorConfig};
 use crate::ha::{FlusherEvent, StagingLog};
@@ -162,8 +162,8 @@ impl MirrorLink {
             self.lost("socket setup failed");
             return None;
         }
-        let buf = vec![0u8; 2 * (CONTROL_ONLY_PAYLOAD_BYTES_MAX + 64)].into_boxed_slice();
-        let Ok(mut decoder) = FrameDecoder::new(buf, CONTROL_ONLY_PAYLOAD_BYTES_MAX) else {
+        let buf = vec![0u8; 2 * (CONTROL_PAYLOAD_BYTES_MAX + 64)].into_boxed_slice();
+        let Ok(mut decoder) = FrameDecoder::new(buf, CONTROL_PAYLOAD_BYTES_MAX) else {
             unreachable!("the control decoder's size is a constant that fits");
         };
         if decoder.feed(&leftover) != leftover.len() {
@@ -208,12 +208,28 @@ impl MirrorLink {
         self.dial.request(self.store_id);
     }
 
+    /// Sends what the ring holds that the partner has not had (the records
+    /// committed in this pass), without reading or ticking: the end of a
+    /// reactor pass, after `poll` at its start did those.
+    pub fn send<R: PersistentRegion>(&mut self, log: &mut StagingLog<R>) -> bool {
+        if self.conn.is_none() {
+            return false;
+        }
+        match self.exchange(log, Instant::now(), false) {
+            Ok(moved) => moved,
+            Err(why) => {
+                self.lost(&why);
+                true
+            }
+        }
+    }
+
     /// One reactor pass; returns whether anything moved.
     pub fn poll<R: PersistentRegion>(&mut self, log: &mut StagingLog<R>) -> bool {
         let now = Instant::now();
         let mut busy = false;
         if self.conn.is_some() {
-            match self.exchange(log, now) {
+            match self.exchange(log, now, true) {
                 Ok(moved) => busy |= moved,
                 Err(why) => {
                     self.lost(&why);
@@ -284,66 +300,70 @@ impl MirrorLink {
         }
     }
 
-    /// Reads the partner's frames and writes ours. Err: the connection is unusable.
+    /// Reads the partner's frames (if `receive`) and writes ours. Err: the
+    /// connection is unusable.
     fn exchange<R: PersistentRegion>(
         &mut self,
         log: &mut StagingLog<R>,
         now: Instant,
+        receive: bool,
     ) -> Result<bool, String> {
         let timeout = self.timeout;
         let Some(conn) = self.conn.as_mut() else { return Ok(false) };
         let mut busy = false;
-        // Receive: frames already buffered first (the dialer's leftover), then the socket.
-        loop {
+        if receive {
+            // Receive: frames already buffered first (the dialer's leftover), then the socket.
             loop {
-                let frame = match conn.decoder.next_frame() {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.counters.count_refused();
-                        return Err(format!("a frame from the partner is refused: {e}"));
-                    }
-                };
-                match frame {
-                    Frame::RecordAck { .. } | Frame::FailedDone { .. } => {
-                        if let Err(e) = self.core.on_frame(log, &frame) {
+                loop {
+                    let frame = match conn.decoder.next_frame() {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(e) => {
                             self.counters.count_refused();
-                            return Err(e.to_string());
+                            return Err(format!("a frame from the partner is refused: {e}"));
                         }
-                    }
-                    Frame::Heartbeat { echo_counter, .. } => {
-                        if let Some((counter, sent)) = conn.heartbeat_sent {
-                            if echo_counter == counter {
-                                let rtt = now.duration_since(sent).as_micros() as u64;
-                                self.counters.rtt_us.store(rtt.max(1), Ordering::Relaxed);
-                                conn.heartbeat_sent = None;
+                    };
+                    match frame {
+                        Frame::RecordAck { .. } | Frame::FailedDone { .. } => {
+                            if let Err(e) = self.core.on_frame(log, &frame) {
+                                self.counters.count_refused();
+                                return Err(e.to_string());
                             }
                         }
-                    }
-                    Frame::Goodbye { reason } => {
-                        return Err(format!("the partner said goodbye ({reason:?})"));
-                    }
-                    other => {
-                        self.counters.count_refused();
-                        return Err(format!("unexpected {:?} frame from the partner", other.kind()));
+                        Frame::Heartbeat { echo_counter, .. } => {
+                            if let Some((counter, sent)) = conn.heartbeat_sent {
+                                if echo_counter == counter {
+                                    let rtt = now.duration_since(sent).as_micros() as u64;
+                                    self.counters.rtt_us.store(rtt.max(1), Ordering::Relaxed);
+                                    conn.heartbeat_sent = None;
+                                }
+                            }
+                        }
+                        Frame::Goodbye { reason } => {
+                            return Err(format!("the partner said goodbye ({reason:?})"));
+                        }
+                        other => {
+                            self.counters.count_refused();
+                            return Err(format!("unexpected {:?} frame from the partner", other.kind()));
+                        }
                     }
                 }
-            }
-            let spare = conn.decoder.spare_mut();
-            match conn.stream.read(spare) {
-                Ok(0) => return Err("the partner closed the connection".into()),
-                Ok(n) => {
-                    conn.decoder.commit(n);
-                    conn.last_rx = now;
-                    busy = true;
+                let spare = conn.decoder.spare_mut();
+                match conn.stream.read(spare) {
+                    Ok(0) => return Err("the partner closed the connection".into()),
+                    Ok(n) => {
+                        conn.decoder.commit(n);
+                        conn.last_rx = now;
+                        busy = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(format!("receive: {e}")),
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("receive: {e}")),
             }
-        }
-        if now.duration_since(conn.last_rx) > timeout {
-            return Err(format!("no frame from the partner for {} ms", timeout.as_millis()));
+            if now.duration_since(conn.last_rx) > timeout {
+                return Err(format!("no frame from the partner for {} ms", timeout.as_millis()));
+            }
         }
         // Send: a heartbeat now and then, then what the core has.
         if conn.out_start == conn.out_end {
@@ -412,6 +432,9 @@ impl<R: PersistentRegion> crate::ha::node::Mirror<R> for Option<MirrorLink> {
     }
     fn poll(&mut self, log: &mut StagingLog<R>) -> bool {
         self.as_mut().is_some_and(|m| m.poll(log))
+    }
+    fn send(&mut self, log: &mut StagingLog<R>) -> bool {
+        self.as_mut().is_some_and(|m| m.send(log))
     }
     fn on_flusher_event(&mut self, event: &FlusherEvent) {
         if let Some(m) = self.as_mut() {

@@ -11,7 +11,7 @@ use crate::ha::node::NsNode;
 use crate::ha::FlusherEvent;
 use crate::pair::owner::MirrorLink;
 
-pub use crate::ha::node::{Ready, StageError, StagingStatus, WriteSlot};
+pub use crate::ha::node::{Ready, StageError, StagingStatus, WriteSlot, DEALLOCATE_RANGES_MAX};
 
 /// A staged namespace: the write path with its mirror (None: no pair).
 pub type Staged = NsNode<MappedRegion, Option<MirrorLink>>;

@@ -33,7 +33,7 @@ use tandem_nvmf::tcp::{
 use tracing::{debug, info, warn};
 
 use super::media::{NsMedia, Ready};
-use super::media::{StageError, WriteSlot};
+use super::media::{StageError, WriteSlot, DEALLOCATE_RANGES_MAX};
 use super::sendq::{OutData, RequestData, SendQueue};
 use super::sockbuf::RecvBuffer;
 use crate::backend::{Backend, BackendCompletion, BackendOp};
@@ -621,15 +621,8 @@ impl PollGroup {
             }
         }
         self.ready = ready;
-        // Writes that waited for ring space while the group stopped taking
-        // writes: answered with the ANA status, never acknowledged late.
-        if self.media[si][ni].staged.as_ref().is_some_and(|st| st.refuses_writes()) {
-            while let Some(tag) = self.media[si][ni].staged.as_mut().and_then(|st| st.pop_parked()) {
-                self.complete_tag(tag, ReqState::WaitingForRing, NvmeStatus::ANA_INACCESSIBLE);
-                busy = true;
-            }
-        }
-        // Writes that waited for ring space: start them now if room freed up.
+        // Writes that waited for ring space: start them now if room freed up
+        // (or answer them, if the group stopped taking writes meanwhile).
         while let Some(tag) = self.media[si][ni].staged.as_ref().and_then(|st| st.parked_front()) {
             if self.request_mut(tag, ReqState::WaitingForRing).is_none() {
                 if let Some(st) = self.media[si][ni].staged.as_mut() {
@@ -680,9 +673,8 @@ impl PollGroup {
             Ok(res) => res,
             Err(StageError::RingFull) => return Ok(false),
             Err(e) => {
-                warn!(error = %e, "staging refused a write");
                 if let Some(conn) = self.conns[slot].as_mut() {
-                    fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                    fail_request(conn, idx, stage_error_status(&e));
                 }
                 return Ok(true);
             }
@@ -867,14 +859,6 @@ impl PollGroup {
                                 "internal: staged write to an unstaged namespace".into(),
                             ));
                         };
-                        if st.refuses_writes() {
-                            // The group stopped taking writes while this one
-                            // waited: it is answered, never acknowledged late.
-                            r.status = NvmeStatus::ANA_INACCESSIBLE;
-                            r.state = ReqState::ReceivingCapsuleData;
-                            conn.sink = DataSink::Discard;
-                            return Ok(true);
-                        }
                         let tag = make_tag(slot, conn.gen, req);
                         match st.begin_write(r.data_len, tag) {
                             Ok(res) => {
@@ -892,8 +876,7 @@ impl PollGroup {
                                 Ok(false)
                             }
                             Err(e) => {
-                                warn!(error = %e, "staging refused a write");
-                                r.status = NvmeStatus::INTERNAL_ERROR;
+                                r.status = stage_error_status(&e);
                                 // It may have waited for ring space: the data
                                 // is discarded and the command answered once
                                 // it is in (`on_data_done`).
@@ -1493,8 +1476,7 @@ impl PollGroup {
                         // Retried with the commands waiting for the backend.
                         Err(StageError::RingFull) => false,
                         Err(e) => {
-                            warn!(error = %e, "staging refused a Write Zeroes");
-                            fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+                            fail_request(conn, idx, stage_error_status(&e));
                             true
                         }
                     };
@@ -1638,29 +1620,37 @@ impl PollGroup {
     }
 }
 
-/// The ranges of a Dataset Management command, checked whole: the command
-/// fails with the first bad range's status before anything is done.
-fn dsm_ranges(
-    conn: &mut Connection,
+/// The NVMe status for a record the write path would not stage.
+fn stage_error_status(e: &StageError) -> NvmeStatus {
+    match e {
+        StageError::GroupStopped => NvmeStatus::ANA_INACCESSIBLE,
+        StageError::RingFull | StageError::Refused(_) => {
+            warn!(error = %e, "staging refused a command");
+            NvmeStatus::INTERNAL_ERROR
+        }
+    }
+}
+
+/// Range `r` of a Dataset Management command's data.
+fn dsm_range(data: &[u8], r: usize) -> DsmRange {
+    let mut b = [0u8; DSM_RANGE_BYTES];
+    b.copy_from_slice(&data[r * DSM_RANGE_BYTES..(r + 1) * DSM_RANGE_BYTES]);
+    DsmRange(b)
+}
+
+/// Checks a Dataset Management command's data whole: it fails with the
+/// first bad range's status before anything is done.
+fn check_dsm_ranges(
+    req: &Request,
     ctrl: &Controller,
-    idx: u16,
     ranges: usize,
     ns_index: usize,
-) -> Result<Vec<DsmRange>, NvmeStatus> {
-    let req = &conn.reqs.0[idx as usize];
+) -> Result<(), NvmeStatus> {
     let Some(data) = req.buf.as_deref() else { return Err(NvmeStatus::DATA_SGL_LENGTH_INVALID) };
     if data.len() < ranges * DSM_RANGE_BYTES {
         return Err(NvmeStatus::DATA_SGL_LENGTH_INVALID);
     }
-    let mut out = Vec::with_capacity(ranges);
-    for r in 0..ranges {
-        let mut b = [0u8; DSM_RANGE_BYTES];
-        b.copy_from_slice(&data[r * DSM_RANGE_BYTES..(r + 1) * DSM_RANGE_BYTES]);
-        let range = DsmRange(b);
-        ctrl.check_dsm_range(ns_index, &range)?;
-        out.push(range);
-    }
-    Ok(out)
+    (0..ranges).try_for_each(|r| ctrl.check_dsm_range(ns_index, &dsm_range(data, r)))
 }
 
 /// Deallocate on a staged namespace: one record per non-empty range, all or
@@ -1675,21 +1665,22 @@ fn stage_deallocate(
     st: &mut super::media::Staged,
     tag: u64,
 ) -> bool {
-    let ranges = match dsm_ranges(conn, ctrl, idx, ranges, ns_index) {
-        Ok(r) => r,
-        Err(status) => {
-            fail_request(conn, idx, status);
-            return true;
-        }
-    };
-    let wanted: Vec<(u64, u32)> = ranges.iter().map(|r| (r.slba(), r.block_count())).collect();
-    let last = match st.stage_deallocate(tag, &wanted) {
+    if let Err(status) = check_dsm_ranges(&conn.reqs.0[idx as usize], ctrl, ranges, ns_index) {
+        fail_request(conn, idx, status);
+        return true;
+    }
+    let mut wanted = [(0u64, 0u32); DEALLOCATE_RANGES_MAX];
+    let data = conn.reqs.0[idx as usize].buf.as_deref().unwrap_or(&[]);
+    for (r, slot) in wanted.iter_mut().enumerate().take(ranges) {
+        let range = dsm_range(data, r);
+        *slot = (range.slba(), range.block_count());
+    }
+    let last = match st.stage_deallocate(tag, &wanted[..ranges.min(DEALLOCATE_RANGES_MAX)]) {
         Ok(last) => last,
         // Retried with the commands waiting for the backend.
         Err(StageError::RingFull) => return false,
         Err(e) => {
-            warn!(error = %e, "staging refused a Deallocate");
-            fail_request(conn, idx, NvmeStatus::INTERNAL_ERROR);
+            fail_request(conn, idx, stage_error_status(&e));
             return true;
         }
     };
@@ -1714,33 +1705,17 @@ fn submit_deallocate(
     backend: &mut dyn Backend,
     tag: u64,
 ) -> bool {
-    let parse = |data: &[u8], r: usize| {
-        let mut b = [0u8; DSM_RANGE_BYTES];
-        b.copy_from_slice(&data[r * DSM_RANGE_BYTES..(r + 1) * DSM_RANGE_BYTES]);
-        DsmRange(b)
-    };
-    let req = &mut conn.reqs.0[idx as usize];
-    let Some(data) = req.buf.as_deref() else {
-        fail_request(conn, idx, NvmeStatus::DATA_SGL_LENGTH_INVALID);
+    if let Err(status) = check_dsm_ranges(&conn.reqs.0[idx as usize], ctrl, ranges, ns_index) {
+        fail_request(conn, idx, status);
         return true;
-    };
-    if data.len() < ranges * DSM_RANGE_BYTES {
-        fail_request(conn, idx, NvmeStatus::DATA_SGL_LENGTH_INVALID);
-        return true;
-    }
-    // Check every range before touching any: a command fails whole.
-    for r in 0..ranges {
-        if let Err(status) = ctrl.check_dsm_range(ns_index, &parse(data, r)) {
-            fail_request(conn, idx, status);
-            return true;
-        }
     }
     if backend.queue_depth_max() - backend.in_flight() < ranges {
         return false;
     }
+    let data = conn.reqs.0[idx as usize].buf.as_deref().unwrap_or(&[]);
     let mut ops = 0;
     for r in 0..ranges {
-        let range = parse(data, r);
+        let range = dsm_range(data, r);
         if range.block_count() == 0 {
             continue;
         }

@@ -1298,3 +1298,42 @@ fn abandoning_the_waiters_at_shutdown_completes_them() {
     assert_eq!(node.abandon_waiters(), 1);
     drop(node);
 }
+
+/// A mirror whose group has stopped taking writes (its medium failed too long).
+struct StoppedMirror;
+
+impl<R: PersistentRegion> super::node::Mirror<R> for StoppedMirror {
+    fn ack_through(&mut self, log: &StagingLog<R>) -> u64 {
+        log.durable_seq()
+    }
+    fn poll(&mut self, _log: &mut StagingLog<R>) -> bool {
+        false
+    }
+    fn send(&mut self, _log: &mut StagingLog<R>) -> bool {
+        false
+    }
+    fn on_flusher_event(&mut self, _event: &FlusherEvent) {}
+    fn refuses_writes(&self) -> bool {
+        true
+    }
+    fn defers_persist(&self) -> bool {
+        false
+    }
+}
+
+/// A stopped group stages nothing: writes, Write Zeroes and Deallocate are
+/// refused as `GroupStopped` (the transport answers them with the ANA
+/// status), also when they had waited for ring space.
+#[test]
+fn a_stopped_group_stages_no_write_zeroes_or_deallocate() {
+    use super::node::{NsNode, StageError};
+    let log =
+        StagingLog::format(MemRegion::new(256 * 1024), &ring_config(), flusher_config()).expect("format");
+    let mut node = NsNode::new(log, StoppedMirror, true, 1, BLOCK);
+    assert_eq!(node.begin_write(BLOCK as usize, 1).err(), Some(StageError::GroupStopped));
+    assert_eq!(node.stage_zeroes(2, 0, 8), Err(StageError::GroupStopped));
+    assert_eq!(node.stage_deallocate(3, &[(0, 8), (16, 8)]), Err(StageError::GroupStopped));
+    let mut ready = Vec::new();
+    node.collect_ready(&mut ready);
+    assert!(ready.is_empty(), "nothing was staged, nothing waits");
+}
